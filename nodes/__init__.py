@@ -1,0 +1,18 @@
+"""ComfyUI V3 node glue: schemas and thin ``execute`` methods, one file per node family."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import attention_balance, frequency_refine, nmg, outpaint, zoom
+
+NODE_LIST: list[type[io.ComfyNode]] = [
+    *outpaint.NODES,
+    *attention_balance.NODES,
+    *frequency_refine.NODES,
+    *nmg.NODES,
+    *zoom.NODES,
+]
+
+
+class AlignNoiseExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODE_LIST
