@@ -319,10 +319,11 @@ def _extra_widget_values(spec) -> int:
     return int(bool(opts.get("control_after_generate"))) + int(bool(opts.get("image_upload")))
 
 
-def ui_to_api(workflow: dict) -> dict:
+def ui_to_api(workflow: dict, object_info: dict | None = None) -> dict:
     """Convert a UI-format workflow to an API prompt, widget order from ``/object_info``.
 
-    Raises a clear error for node types that are not registered (a missing pack or a renamed id).
+    ``object_info`` is a server's ``GET /object_info`` answer; without it the same information is
+    computed in-process. Unknown node types raise (a missing pack or a renamed id).
     """
     links = {l[0]: l for l in workflow.get("links", [])}
     prompt = {}
@@ -331,7 +332,9 @@ def ui_to_api(workflow: dict) -> dict:
             if node["type"] in ("PrimitiveNode", "Reroute"):
                 raise NotImplementedError(f"{node['type']} nodes are not supported by this converter")
             continue
-        info = node_info(node["type"])
+        if object_info is not None and node["type"] not in object_info:
+            raise KeyError(f"node type {node['type']} is not registered on the server")
+        info = object_info[node["type"]] if object_info is not None else node_info(node["type"])
         linked = {}
         for inp in node.get("inputs", []):
             if inp.get("link") is not None:

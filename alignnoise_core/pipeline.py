@@ -1,0 +1,646 @@
+"""AlignNoise outpainting and infinite zoom on a diffusers ``StableDiffusionInpaintPipeline``.
+
+This is the standalone (no ComfyUI) path behind ``python -m alignnoise_core``. It reuses the
+host-free core: :mod:`.padding` (canvas and mask), :mod:`.diffusers_bridge` (stage 1, attention
+balance), :mod:`.frequency` (stage 2, masked frequency refinement) and :mod:`.zoom` (keyframe
+geometry and frame interpolation). Control flow (``algorithms.md`` §1.7, §2.3)::
+
+    z ~ N(0, I)                                   (seeded CPU generator: same picture on any device)
+    ẑ = attention_balance(z)                      (stage 1; skipped with attention_balance=False)
+    pass 0: sample from ẑ                         (the model's scheduler, fresh state)
+    pass k>0: z_T' = refine(z0_prev, ẑ, σ_999)   (stage 2; only with frequency_refine=True)
+              sample from z_T'                    (a fresh scheduler instance for every pass)
+    decode, paste the source pixels back          (paste_back=True; off in the reference)
+
+Differences from the reference pipeline, on purpose: every pass gets a fresh scheduler (the
+reference keeps stale PNDM state into pass 2, ``algorithms.md`` §2.5), the fresh noise of stage 2
+comes from a seeded generator instead of the global RNG, and the source pixels are pasted back.
+With both stages off, :func:`inpaint` equals ``pipe(...)`` with the same noise (tested).
+
+Python API::
+
+    from alignnoise_core.pipeline import AlignNoiseSettings, load_inpaint_pipeline, outpaint
+    from alignnoise_core.media import load_image, save_image
+
+    pipe = load_inpaint_pipeline("stabilityai/stable-diffusion-2-inpainting")  # or a local directory
+    result = outpaint(pipe, load_image("photo.png"), left=128, right=128,
+                      settings=AlignNoiseSettings(steps=50, seed=2226))
+    save_image(result.image, "wide.png")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import frequency, padding, zoom
+
+logger = logging.getLogger("alignnoise")
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+MAX_CANVAS = 8192  # px per side; beyond this no SD UNet/VAE fits in memory anyway
+MIN_CANVAS = 64  # px per side: 8 latent pixels, the smallest grid the UNet's 3 downsamples keep
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlignNoiseSettings:
+    """Everything that shapes one AlignNoise inpainting run. Defaults are the reference's.
+
+    Args:
+        steps: denoising steps per pass (reference 50; PNDM then runs 51 timesteps).
+        seed: seeds the initial noise ``z``, the VAE sample of the masked image and stage 2's fresh
+            noise (reference 2226).
+        prompt, negative_prompt: text; the paper uses ``" "`` and no negative prompt.
+        guidance: classifier-free guidance scale; <= 1 means off (paper: 0, one UNet call per step).
+        attention_balance: stage 1, optimise ``z`` so outpaint tokens attend to the source ("AAM").
+        balance_iterations, balance_lr, balance_threshold, balance_tau: stage 1 constants (reference
+            ``max_step`` 10, ``initno_lr`` 1e-2, stop when loss < 0.55, hinge tau 0.15).
+        frequency_refine: stage 2, re-noise the first pass and keep its low frequencies in the
+            outpainted region (masked FreeInit), then sample again.
+        passes: number of sampling passes when ``frequency_refine`` is on (reference ``num_iters`` 2).
+        filter_type, cutoff, order: stage 2 low-pass filter (reference butterworth, d_s 0.25, n 4).
+        fast_sampling: coarse-to-fine steps per pass, ``int(steps/passes*(k+1))`` (reference option,
+            off by default).
+        paste_back: paste the source pixels over the decoded result (feathered by the mask).
+    """
+
+    steps: int = 50
+    seed: int = 2226
+    prompt: str = " "
+    negative_prompt: str = ""
+    guidance: float = 0.0
+    attention_balance: bool = True
+    balance_iterations: int = 10
+    balance_lr: float = 1e-2
+    balance_threshold: float = 0.55
+    balance_tau: float = 0.15
+    frequency_refine: bool = True
+    passes: int = 2
+    filter_type: str = "butterworth"
+    cutoff: float = 0.25
+    order: int = 4
+    fast_sampling: bool = False
+    paste_back: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad setting (called before any model work)."""
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}.")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0 (0 or 1 = off), got {self.guidance}.")
+        if self.balance_iterations < 0:
+            raise ValueError(f"balance iterations must be >= 0, got {self.balance_iterations}.")
+        if not self.balance_lr > 0:
+            raise ValueError(f"balance learning rate must be > 0, got {self.balance_lr}.")
+        if self.passes < 1:
+            raise ValueError(f"passes must be >= 1, got {self.passes}.")
+        if self.filter_type not in frequency.FILTER_TYPES:
+            raise ValueError(f"filter must be one of {frequency.FILTER_TYPES}, got {self.filter_type!r}.")
+        if not 0 <= self.cutoff <= 1.5:
+            raise ValueError(f"cutoff (d_s) must be in [0, 1.5] (normalised frequency), got {self.cutoff}.")
+        if self.order < 1:
+            raise ValueError(f"filter order must be >= 1, got {self.order}.")
+        if self.fast_sampling and min(self.pass_steps()) < 1:
+            raise ValueError(f"fast sampling with {self.steps} steps over {self.n_passes} passes leaves a pass "
+                             "with no step; use more steps or fewer passes.")
+
+    @property
+    def n_passes(self) -> int:
+        return self.passes if self.frequency_refine else 1
+
+    def pass_steps(self) -> list[int]:
+        if self.fast_sampling and self.n_passes > 1:
+            return frequency.fast_sampling_steps(self.steps, self.n_passes)
+        return [self.steps] * self.n_passes
+
+
+@dataclass
+class InpaintResult:
+    """Output of :func:`inpaint`.
+
+    Attributes:
+        image: ``[H, W, 3]`` float32 in 0..1 on the CPU, after paste-back (if enabled).
+        generated: ``[H, W, 3]`` the decoded model output before paste-back.
+        balance: stage 1 :class:`~alignnoise_core.balance.BalanceResult` (None if stage 1 was off).
+        unet_calls: UNet forward calls (stage 1 forwards + sampling steps of all passes).
+        backward_calls: stage 1 backward passes.
+        seconds: wall time per phase (``encode``, ``balance``, ``pass0``, ``pass1``, ..., ``decode``).
+        nsfw: the model's safety checker flagged the image (it is then black), None without one.
+    """
+
+    image: torch.Tensor
+    generated: torch.Tensor
+    balance: object = None
+    unet_calls: int = 0
+    backward_calls: int = 0
+    seconds: dict = field(default_factory=dict)
+    nsfw: Optional[bool] = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Model loading
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA with float16 when available, else CPU with float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"Unknown device {device!r} (use auto, cpu, cuda, cuda:1, mps ...).") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
+    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32}
+    if dtype == "auto":
+        dt = torch.float16 if dev.type == "cuda" else torch.float32
+    elif dtype in names:
+        dt = names[dtype]
+    else:
+        raise ValueError(f"Unknown dtype {dtype!r}; use auto, float16, bfloat16 or float32.")
+    return dev, dt
+
+
+def is_local_model(model: str) -> bool:
+    """A local directory, or something that can only be a path (a hub id is exactly ``owner/name``)."""
+    if Path(model).expanduser().exists():
+        return True
+    return (
+        Path(model).expanduser().is_absolute()
+        or model.startswith((".", "~"))
+        or "\\" in model
+        or model.endswith("/")
+        or model.count("/") != 1
+    )
+
+
+def _class_name_of(model: str, local: bool) -> Optional[str]:
+    """``_class_name`` of the pipeline's ``model_index.json`` (None if it cannot be read)."""
+    if local:
+        index = Path(model).expanduser() / "model_index.json"
+        try:
+            return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError):
+            return None
+    try:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(model).get("_class_name")
+    except Exception:  # noqa: BLE001 - the full load below reports the real error
+        return None
+
+
+def check_model_source(model: str) -> tuple[bool, Optional[str]]:
+    """Cheap checks of ``--model`` before loading: a local directory must exist and be a diffusers
+    pipeline, and the pipeline class (``model_index.json``) must be an inpainting one.
+
+    Returns:
+        ``(is_local, class_name or None)``.
+    """
+    local = is_local_model(model)
+    if local:
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"Model directory not found: {path}. Pass a diffusers inpainting pipeline directory (with "
+                f"model_index.json) or a model id such as {DEFAULT_MODEL}."
+            )
+        if path.is_file():
+            raise ValueError(
+                f"Model {path} is a file; pass a diffusers pipeline directory (with model_index.json). Single-file "
+                "checkpoints can be converted with diffusers' StableDiffusionInpaintPipeline.from_single_file(...)"
+                ".save_pretrained(DIR)."
+            )
+        if not (path / "model_index.json").exists():
+            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json inside).")
+    cls_name = _class_name_of(model, local)
+    if cls_name is not None and "Inpaint" not in cls_name:
+        raise ValueError(
+            f"Model {model} is a {cls_name}, not an inpainting pipeline. AlignNoise needs an inpainting model "
+            f"(9-channel UNet), e.g. {DEFAULT_MODEL} or stable-diffusion-v1-5/stable-diffusion-inpainting."
+        )
+    return local, cls_name
+
+
+def load_inpaint_pipeline(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    """Load a diffusers ``StableDiffusionInpaintPipeline`` from a model id or a local directory.
+
+    On a machine with internet, a model id is downloaded on first use into the Hugging Face cache
+    (``stabilityai/stable-diffusion-2-inpainting``: about 5 GB). Any SD1.x/SD2.x inpainting pipeline
+    directory works (9-channel UNet).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: the model is not an inpainting pipeline (the message names its class), or the
+            device/dtype is unusable.
+        OSError: diffusers could not load the model (offline, unknown id ...), with a hint.
+    """
+    dev, dt = resolve_device_dtype(device, dtype)
+    local, cls_name = check_model_source(model)
+    from diffusers import StableDiffusionInpaintPipeline
+
+    try:
+        with warnings.catch_warnings():  # diffusers >= 0.36 renamed torch_dtype to dtype; keep >= 0.30 working
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(str(Path(model).expanduser()) if local else model,
+                                                                  torch_dtype=dt)
+    except (OSError, EnvironmentError) as exc:
+        hint = "" if local else (f" (no local directory {model!r} exists, so it was taken as a Hugging Face model "
+                                 "id; a model id needs internet on first use, or pass a local pipeline directory)")
+        raise OSError(f"Could not load model {model}{hint}: {exc}") from exc
+    in_ch = pipe.unet.config.in_channels
+    if in_ch != 9:
+        raise ValueError(
+            f"Model {model} ({cls_name or type(pipe).__name__}) has a {in_ch}-channel UNet, not an inpainting UNet "
+            f"(9 channels). Use an inpainting model such as {DEFAULT_MODEL}."
+        )
+    for part in ("unet", "vae", "text_encoder"):  # inference only: no weight gradients anywhere
+        if getattr(pipe, part, None) is not None:
+            getattr(pipe, part).requires_grad_(False)
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("Loaded %s (%s) on %s, %s", model, type(pipe).__name__, dev, str(dt).replace("torch.", ""))
+    return pipe
+
+
+#: ``--scheduler`` names -> diffusers classes (built from the model's own scheduler config).
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def set_scheduler(pipe, name: str = "model"):
+    """Swap the pipeline's scheduler for another diffusers scheduler built from its config.
+
+    ``model`` keeps the model's own (PNDM for SD2-inpainting, the reference's choice).
+    """
+    if name == "model":
+        return pipe
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; choose model or one of {sorted(SCHEDULERS)}.")
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    return pipe
+
+
+# --------------------------------------------------------------------------------------------------
+# Two-pass AlignNoise inpainting
+# --------------------------------------------------------------------------------------------------
+
+
+def derive_seed(seed: int, tag: str, index: int = 0) -> int:
+    """A stable 63-bit seed for a sub-stream (e.g. stage 2's fresh noise of pass ``index``)."""
+    h = hashlib.sha256(f"{int(seed)}:{tag}:{int(index)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def initial_noise(shape, seed: int) -> torch.Tensor:
+    """``z ~ N(0, I)`` from a CPU generator seeded with ``seed`` (identical on every device)."""
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _check_canvas(height: int, width: int) -> None:
+    if height < MIN_CANVAS or width < MIN_CANVAS:
+        raise ValueError(f"The canvas is {width}x{height} px; it must be at least {MIN_CANVAS}x{MIN_CANVAS} "
+                         "(8 latent pixels per side). Use a larger image or larger pads.")
+    if height > MAX_CANVAS or width > MAX_CANVAS:
+        raise ValueError(f"The canvas is {width}x{height} px; more than {MAX_CANVAS} px per side cannot fit in "
+                         "memory. Use smaller pads or downscale the image first.")
+    if height % 8 or width % 8:
+        raise ValueError(f"The canvas is {width}x{height} px; width and height must be multiples of 8 for the VAE.")
+
+
+@torch.no_grad()
+def _sample(pipe, start, mask_lat, masked_lat, embeds, cfg_scale, steps, seed, desc, progress):
+    """One standard 9-channel SD-inpaint sampling pass on a fresh scheduler instance.
+
+    ``start`` is the unit-variance (VP) starting noise; it is scaled by the scheduler's
+    ``init_noise_sigma`` (1 for PNDM/DDIM, ``sqrt(sigma_max^2+1)`` for Euler-type schedulers).
+    """
+    import inspect
+
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps, device=device)
+    latents = (start.float() * float(sched.init_noise_sigma)).to(device=device, dtype=dtype)
+    kwargs = {}
+    params = inspect.signature(sched.step).parameters
+    if "generator" in params:  # ancestral/DDPM schedulers: seeded per pass
+        kwargs["generator"] = torch.Generator("cpu").manual_seed(derive_seed(seed, "step", 0))
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    cfg = cfg_scale > 1.0
+    bar = _progress(len(sched.timesteps), desc, progress)
+    try:
+        for t in sched.timesteps:
+            x = torch.cat([latents] * 2) if cfg else latents
+            x = sched.scale_model_input(x, t)
+            x = torch.cat([x, mask_lat, masked_lat], dim=1)
+            eps = pipe.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if cfg:
+                e_u, e_c = eps.chunk(2)
+                eps = e_u + cfg_scale * (e_c - e_u)
+            latents = sched.step(eps, t, latents, **kwargs, return_dict=False)[0]
+            bar.update(1)
+    finally:
+        bar.close()
+    return latents, len(sched.timesteps), sched
+
+
+def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseSettings = AlignNoiseSettings(),
+            progress: bool = True, noise: Optional[torch.Tensor] = None) -> InpaintResult:
+    """Run AlignNoise (or, with both stages off, plain diffusers inpainting) on one canvas.
+
+    Args:
+        pipe: a loaded ``StableDiffusionInpaintPipeline`` (9-channel UNet).
+        image: ``[H, W, 3]`` canvas in 0..1 (H, W multiples of 8). Pixels under the mask are not seen
+            by the model (diffusers zeroes them), so the fill does not matter.
+        mask: ``[H, W]`` in 0..1, 1 = generate. The model sees it binarised at 0.5 (as diffusers);
+            paste-back uses the soft values (a feathered seam).
+        settings: :class:`AlignNoiseSettings`.
+        progress: show tqdm progress bars.
+        noise: optional explicit initial noise ``z`` (1, 4, H/8, W/8); default from ``settings.seed``.
+
+    Returns:
+        :class:`InpaintResult`.
+    """
+    from .diffusers_bridge import optimize_pipeline_noise
+
+    settings.validate()
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be [H, W, 3] in 0..1, got shape {tuple(image.shape)}.")
+    h, w = image.shape[:2]
+    if tuple(mask.shape) != (h, w):
+        raise ValueError(f"mask must be [H, W] = {(h, w)} like the image, got {tuple(mask.shape)}.")
+    _check_canvas(h, w)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    seconds: dict = {}
+    t_start = time.perf_counter()
+    cfg = settings.guidance > 1.0
+
+    # Text and pre-processing as StableDiffusionInpaintPipeline (algorithms.md §1.2).
+    # No autograd graph through the text encoder or VAE: stage 1 differentiates w.r.t. the noise only.
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(settings.prompt, device, 1, cfg, settings.negative_prompt or None)
+        embeds = torch.cat([uncond, cond]) if cfg else cond
+        init = image.permute(2, 0, 1)[None].float() * 2.0 - 1.0
+        mask_cond = (mask >= 0.5).float()[None, None]
+        masked_image = init * (mask_cond < 0.5)
+        vae_gen = torch.Generator("cpu").manual_seed(int(settings.seed))
+        mask_lat, masked_lat = pipe.prepare_mask_latents(mask_cond, masked_image, 1, h, w, dtype, device, vae_gen,
+                                                         cfg)
+    lat_shape = (1, pipe.vae.config.latent_channels, h // pipe.vae_scale_factor, w // pipe.vae_scale_factor)
+    z = initial_noise(lat_shape, settings.seed) if noise is None else noise.detach().float().cpu()
+    if tuple(z.shape) != lat_shape:
+        raise ValueError(f"noise must have shape {lat_shape}, got {tuple(z.shape)}.")
+    seconds["encode"] = time.perf_counter() - t_start
+    steps = settings.pass_steps()
+    unet_calls, backward_calls = 0, 0
+
+    # Stage 1: attention balance (reference fn_AAM) at timesteps[0] of the full schedule, also with fast sampling.
+    balance = None
+    z_hat = z
+    if settings.attention_balance and settings.balance_iterations > 0:
+        t0 = time.perf_counter()
+        bar = _progress(settings.balance_iterations, "attention balance", progress)
+
+        def on_iter(k, info):
+            bar.set_postfix(loss=f"{info['losses'][0]:.3f}")
+            bar.update(1)
+
+        try:
+            balance = optimize_pipeline_noise(
+                pipe, z.to(device), mask_lat[:1], masked_lat[:1], cond, num_inference_steps=settings.steps,
+                iterations=settings.balance_iterations, lr=settings.balance_lr,
+                loss_threshold=settings.balance_threshold, tau=settings.balance_tau, callback=on_iter,
+            )
+        finally:
+            bar.close()
+        z_hat = balance.noise.float().cpu()
+        unet_calls += balance.forwards
+        backward_calls += balance.backwards
+        logger.info("attention balance: %s", balance.status[0])
+        seconds["balance"] = time.perf_counter() - t0
+
+    # Sampling passes; stage 2 re-noises the previous pass (algorithms.md §2.3) with fresh schedulers.
+    latents = None
+    for it, n_steps in enumerate(steps):
+        t0 = time.perf_counter()
+        if it == 0:
+            start = z_hat
+        else:
+            ac = pipe.scheduler.alphas_cumprod[-1].item()  # t = num_train_timesteps - 1 (999)
+            sigma = math.sqrt((1.0 - ac) / ac)
+            start = frequency.refine(
+                latents.float().cpu(), z_hat, sigma, mask=mask_lat[:1].float().cpu(),
+                filter_type=settings.filter_type, d_s=settings.cutoff, order=settings.order,
+                seed=derive_seed(settings.seed, "frequency", it),
+            )
+        desc = f"sampling pass {it + 1}/{len(steps)}" if len(steps) > 1 else "sampling"
+        latents, n_calls, _ = _sample(pipe, start, mask_lat, masked_lat, embeds, settings.guidance, n_steps,
+                                      derive_seed(settings.seed, "pass", it), desc, progress)
+        unet_calls += n_calls
+        seconds[f"pass{it}"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        decoded, nsfw = pipe.run_safety_checker(decoded, device, embeds.dtype)
+    nsfw_flag = None if nsfw is None else bool(nsfw[0])
+    if nsfw_flag:
+        logger.warning("The model's safety checker flagged the result; it was replaced by a black image.")
+        decoded = torch.full_like(decoded, -1.0)
+    generated = (decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).contiguous()
+    out = generated
+    if settings.paste_back:
+        # lerp(src, gen, m): exactly the source where m == 0, the generation where m == 1.
+        out = torch.lerp(image.float().cpu(), generated, mask.float().cpu().clamp(0, 1)[..., None])
+    seconds["decode"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    return InpaintResult(out, generated, balance, unet_calls, backward_calls, seconds, nsfw_flag)
+
+
+# --------------------------------------------------------------------------------------------------
+# Outpainting
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OutpaintResult:
+    """Output of :func:`outpaint`: the final ``image`` [H', W', 3], the ``canvas`` the model was
+    given, the ``mask`` (1 = generated), the pad ``box`` and the :class:`InpaintResult`."""
+
+    image: torch.Tensor
+    canvas: torch.Tensor
+    mask: torch.Tensor
+    box: padding.PadBox
+    result: InpaintResult
+
+
+def outpaint_box(height: int, width: int, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
+                 target_width: int = 0, target_height: int = 0, anchor: str = "center") -> padding.PadBox:
+    """The pad box (canvas rounded up to a multiple of 8) from per-side pads or a target size.
+
+    Raises:
+        ValueError: both kinds given, nothing to outpaint, a target smaller than the source, or a
+            canvas that cannot work (smaller than 64 or larger than 8192 px per side).
+    """
+    per_side = any((left, top, right, bottom))
+    target = any((target_width, target_height))
+    if per_side and target:
+        raise ValueError("Give either per-side pads (--left/--top/--right/--bottom) or a target size "
+                         "(--width/--height), not both.")
+    if target:
+        box = padding.pad_box_target(height, width, target_width, target_height, anchor, multiple=8)
+    else:
+        box = padding.pad_box_per_side(height, width, left, top, right, bottom, multiple=8)
+    if box.is_zero:
+        raise ValueError(f"Nothing to outpaint: the {width}x{height} image already fills the canvas. Give pads "
+                         "(e.g. --left 128 --right 128) or a larger target size (e.g. --width 768).")
+    ch, cw = box.canvas_size(height, width)
+    _check_canvas(ch, cw)
+    return box
+
+
+def outpaint(pipe, image: torch.Tensor, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
+             target_width: int = 0, target_height: int = 0, anchor: str = "center",
+             settings: AlignNoiseSettings = AlignNoiseSettings(), fill: str = "edge", color: str = "#808080",
+             feathering: int = 16,
+             overlap: int = 0, progress: bool = True) -> OutpaintResult:
+    """Extend ``image`` ([H, W, 3] in 0..1) outwards with AlignNoise.
+
+    Pads as :func:`alignnoise_core.padding.outpaint_pad` (the ``OutpaintPad`` node): per side or a
+    target canvas with an ``anchor``, rounded up to a multiple of 8; ``fill`` of the new area (the
+    9-channel model does not see it: it only matters without paste-back where the mask is soft);
+    ``feathering``/``overlap`` px of the source are also regenerated and blended back smoothly.
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be [H, W, 3] in 0..1, got shape {tuple(image.shape)}.")
+    settings.validate()
+    h, w = image.shape[:2]
+    box = outpaint_box(h, w, left, top, right, bottom, target_width, target_height, anchor)
+    padded = padding.outpaint_pad(image[None].float(), box, fill=fill, color=color, seed=settings.seed,
+                                  feathering=feathering, overlap=overlap, mask_mode="soft")
+    canvas, mask = padded.image[0], padded.mask[0]
+    logger.info("Outpainting %dx%d -> %dx%d (pads left %d, top %d, right %d, bottom %d)", w, h, canvas.shape[1],
+                canvas.shape[0], *box.as_tuple())
+    res = inpaint(pipe, canvas, mask, settings, progress=progress)
+    return OutpaintResult(res.image, canvas, mask, box, res)
+
+
+# --------------------------------------------------------------------------------------------------
+# Infinite zoom
+# --------------------------------------------------------------------------------------------------
+
+
+def fit_to_multiple(image: torch.Tensor, width: int = 0, height: int = 0, multiple: int = 8) -> torch.Tensor:
+    """Resize ``[H, W, 3]`` to ``width`` x ``height`` (0 = the image's size rounded down to ``multiple``)."""
+    h, w = image.shape[:2]
+    tw = width or (w // multiple) * multiple
+    th = height or (h // multiple) * multiple
+    if tw < MIN_CANVAS or th < MIN_CANVAS:
+        raise ValueError(f"Zoom frames of {tw}x{th} px are too small; use at least {MIN_CANVAS}x{MIN_CANVAS}.")
+    if tw % multiple or th % multiple:
+        raise ValueError(f"The zoom size {tw}x{th} must be a multiple of {multiple} on both sides.")
+    if tw > MAX_CANVAS or th > MAX_CANVAS:
+        raise ValueError(f"The zoom size {tw}x{th} is larger than {MAX_CANVAS} px per side.")
+    if (th, tw) == (h, w):
+        return image.float()
+    x = image.permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+@dataclass
+class ZoomResult:
+    """``keyframes`` [K+1, H, W, 3] (K_0 = the start image), ``frames`` [F, H, W, 3], per-step results."""
+
+    keyframes: torch.Tensor
+    frames: torch.Tensor
+    results: list
+
+
+def zoom_keyframes(pipe, image: torch.Tensor, steps_out: int, zoom_factor: float = 2.0,
+                   settings: AlignNoiseSettings = AlignNoiseSettings(), overlap: float = 8.0, mask_blur: float = 8.0,
+                   fill: str = "reflect", progress: bool = True) -> tuple[torch.Tensor, list]:
+    """The keyframe loop: shrink the previous keyframe into the centre, outpaint the border, paste back.
+
+    Keyframe ``K_{i+1}`` is ``K_i`` zoomed out by ``zoom_factor``; step ``i`` uses seed ``seed + i``.
+    Geometry from :mod:`alignnoise_core.zoom` (``shrink_to_center``, ``outpaint_mask``,
+    ``paste_back_alpha``), so the keyframes line up with :func:`alignnoise_core.zoom.render_frames`.
+
+    Returns:
+        ``(keyframes [K+1, H, W, 3], [InpaintResult per step])``.
+    """
+    h, w = image.shape[:2]
+    zoom.check_keyframe_args(h, w, zoom_factor, steps_out)
+    _check_canvas(h, w)
+    settings.validate()
+    mask = zoom.outpaint_mask(h, w, zoom_factor, overlap=overlap, blur=mask_blur)
+    alpha = zoom.paste_back_alpha(h, w, zoom_factor, overlap=overlap)
+    keys = [image.float().cpu()]
+    results = []
+    bar = _progress(steps_out, "zoom keyframes", progress)
+    try:
+        for i in range(steps_out):
+            canvas, _ = zoom.shrink_to_center(keys[-1], zoom_factor, fill=fill)
+            step_settings = replace(settings, seed=settings.seed + i, paste_back=False)
+            res = inpaint(pipe, canvas, mask, step_settings, progress=progress)
+            key = zoom.paste_back(res.generated, canvas, alpha) if settings.paste_back else res.generated
+            keys.append(key.clamp(0, 1))
+            results.append(res)
+            bar.update(1)
+    finally:
+        bar.close()
+    return torch.stack(keys), results
+
+
+def zoom_video(pipe, image: torch.Tensor, steps_out: int, zoom_factor: float = 2.0,
+               settings: AlignNoiseSettings = AlignNoiseSettings(), frames_per_step: int = 30,
+               schedule: str = "geometric", direction: str = "out", overlap: float = 8.0, mask_blur: float = 8.0,
+               feather: float = 8.0, fill: str = "reflect", start_hold: int = 0, end_hold: int = 0,
+               loop: str = "none", progress: bool = True) -> ZoomResult:
+    """Keyframes (:func:`zoom_keyframes`) + interpolated frames (:func:`alignnoise_core.zoom.render_frames`)."""
+    zs = zoom.ZoomSettings(zoom=zoom_factor, frames_per_keyframe=frames_per_step, schedule=schedule,
+                           repaste=True, feather=feather, direction=direction, start_hold=start_hold,
+                           end_hold=end_hold, loop=loop)
+    zs.validate(steps_out + 1)  # fail before any model work
+    keys, results = zoom_keyframes(pipe, image, steps_out, zoom_factor, settings, overlap, mask_blur, fill, progress)
+    total = zoom.frame_count(keys.shape[0], frames_per_step, start_hold, end_hold, loop)
+    bar = _progress(total, "zoom frames", progress)
+    try:
+        frames = zoom.render_frames(keys, zs, on_frame=lambda _f: bar.update(1))
+    finally:
+        bar.close()
+    return ZoomResult(keys, frames, results)
