@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-#: 3x3 smoothing kernel of the reference ``GaussianSmoothing(kernel_size=3, sigma=0.5)``. The
-#: reference uses ``exp(-((x-mu)/(2*sigma))**2)`` instead of the textbook formula, so the effective
-#: sigma is ~0.707; these are its normalised values (centre 0.33191, sum 1).
 def reference_kernel(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """Return the reference 3x3 smoothing kernel, computed with the reference's own formula.
+    """The 3x3 kernel of the reference ``GaussianSmoothing(kernel_size=3, sigma=0.5)``.
+
+    The reference uses ``exp(-((x-mu)/(2*sigma))**2)`` instead of the textbook Gaussian, so the
+    effective sigma is ~0.707; we compute it with that same formula (centre 0.33191, sum 1; a
+    textbook sigma=0.5 kernel would have centre 0.61935).
 
     Returns:
         Tensor of shape (3, 3) summing to 1.
@@ -38,6 +39,7 @@ def reference_kernel(dtype: torch.dtype = torch.float32, device=None) -> torch.T
     return (g2 / g2.sum()).to(dtype=dtype, device=device)
 
 
+#: The normalised values of :func:`reference_kernel` to 5 decimals (algorithms.md §1.6).
 REFERENCE_KERNEL_VALUES = (
     (0.04492, 0.12210, 0.04492),
     (0.12210, 0.33191, 0.12210),

@@ -425,6 +425,8 @@ def frequency_refine(model, samples: dict, noise, mask: torch.Tensor | None = No
             neither, the whole latent is refined (plain FreeInit).
         sigmas: optional schedule of the second pass; its first sigma is the re-noising level.
     """
+    import math
+
     from . import frequency
 
     kind = sampling_parameterization(model)
@@ -436,8 +438,6 @@ def frequency_refine(model, samples: dict, noise, mask: torch.Tensor | None = No
             raise ValueError("The sigmas given to FrequencyNoiseRefine start at 0: nothing to re-noise.")
     else:
         sigma0 = sigma_max
-    import math
-
     max_denoise = math.isclose(sigma_max, sigma0, rel_tol=1e-05) or sigma0 > sigma_max  # as Sampler.max_denoise
     if kind == "flow":
         sigma0 = min(sigma0, 1.0)

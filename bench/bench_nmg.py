@@ -11,8 +11,9 @@ Rows (all at the same number of steps, default 50, text scale s_T = 10):
 - NMG edit: the same inversion + the NMG reverse process (per step: Step A forward + backward at
   batch 1, Step B CFG forward at batch 2).
 
-Per-step times are measured round-robin in one process (min over rounds, robust to load from other
-processes); the 50-step totals are 'steps x per-step'. One real end-to-end run of each variant
+Per-step times are measured round-robin in one process (min over rounds), as wall time and as
+process CPU time (the robust figure on a shared machine: with BENCH_THREADS=1 it is the compute
+itself); the 50-step totals are 'steps x per-step'. One real end-to-end run of each variant
 checks the totals (single measurement, affected by load). Peak memory: VmHWM minus the RSS after
 building the model, for the first step of each kind, in a fresh subprocess each (includes the
 autograd graph of Step A).
@@ -133,18 +134,22 @@ def _worker(mode: str, size: int) -> dict:
     return {"mode": mode, "peak": _status("VmHWM") - base}
 
 
-def _timings(m: Model, rounds: int) -> dict:
+def _timings(m: Model, rounds: int) -> tuple[dict, dict]:
+    """Min wall time and min process CPU time per kind of step, interleaved round-robin."""
     steps = _steps(m)
     for f in steps.values():
         f()  # warm-up
-    best = {k: float("inf") for k in steps}
+    wall = {k: float("inf") for k in steps}
+    cpu = {k: float("inf") for k in steps}
     for r in range(rounds):
         for k, f in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f()
-            best[k] = min(best[k], time.perf_counter() - t)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.3f}s" for k, v in best.items()), file=sys.stderr)
-    return best
+            wall[k] = min(wall[k], time.perf_counter() - t)
+            cpu[k] = min(cpu[k], time.process_time() - c)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {wall[k]:.3f}s wall {cpu[k]:.3f}s cpu" for k in steps),
+              file=sys.stderr)
+    return wall, cpu
 
 
 def _end_to_end(m: Model, steps: int) -> dict:
@@ -180,10 +185,12 @@ def main():
     unet = _build()
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     m = Model(unet, args.size)
-    best = _timings(m, args.rounds)
+    best, cpu = _timings(m, args.rounds)
     n = args.steps
     plain_total = n * (best["inversion"] + best["plain_recon"])
     nmg_total = n * (best["inversion"] + best["nmg"])
+    plain_cpu = n * (cpu["inversion"] + cpu["plain_recon"])
+    nmg_cpu = n * (cpu["inversion"] + cpu["nmg"])
     mem = {}
     if not args.no_memory:
         for mode in ("inversion", "plain_recon", "nmg"):
@@ -197,17 +204,19 @@ def main():
     print(f"\n### NMG vs plain DDIM inversion + reconstruction ({params:.0f}M-param SD1.5-architecture UNet, "
           f"{args.size}x{args.size} px (latent {args.size // 8}x{args.size // 8}), {n} steps, s_T = {S_T:g}, CPU "
           f"{torch.get_num_threads()} threads)\n")
-    print("| step | time per step | UNet work per step | peak memory (one step) |")
-    print("|---|---|---|---|")
-    print(f"| inversion | {best['inversion'] * 1e3:.0f} ms | 1 forward, batch 1 | {mb('inversion')} |")
-    print(f"| plain reconstruction (CFG) | {best['plain_recon'] * 1e3:.0f} ms | 1 forward, batch 2 | "
-          f"{mb('plain_recon')} |")
-    print(f"| NMG step (A + B) | {best['nmg'] * 1e3:.0f} ms | forward + backward batch 1, forward batch 2 | "
-          f"{mb('nmg')} |")
+    print("| step | wall time per step | CPU time per step | UNet work per step | peak memory (one step) |")
+    print("|---|---|---|---|---|")
+    print(f"| inversion | {best['inversion'] * 1e3:.0f} ms | {cpu['inversion'] * 1e3:.0f} ms | 1 forward, batch 1 | "
+          f"{mb('inversion')} |")
+    print(f"| plain reconstruction (CFG) | {best['plain_recon'] * 1e3:.0f} ms | {cpu['plain_recon'] * 1e3:.0f} ms | "
+          f"1 forward, batch 2 | {mb('plain_recon')} |")
+    print(f"| NMG step (A + B) | {best['nmg'] * 1e3:.0f} ms | {cpu['nmg'] * 1e3:.0f} ms | forward + backward batch 1, "
+          f"forward batch 2 | {mb('nmg')} |")
     print()
     print(f"| {n} steps | plain inversion + reconstruction | NMG edit (inversion + NMG) | ratio (target <= 3.5x) |")
     print("|---|---|---|---|")
-    print(f"| from per-step minima | {plain_total:.1f} s | {nmg_total:.1f} s | **{nmg_total / plain_total:.2f}x** |")
+    print(f"| wall time, per-step minima | {plain_total:.1f} s | {nmg_total:.1f} s | **{nmg_total / plain_total:.2f}x** |")
+    print(f"| CPU time, per-step minima | {plain_cpu:.1f} s | {nmg_cpu:.1f} s | **{nmg_cpu / plain_cpu:.2f}x** |")
     if not args.no_e2e:
         e = _end_to_end(m, n)
         p, q = e["inversion"] + e["plain_recon"], e["inversion"] + e["nmg"]

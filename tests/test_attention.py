@@ -6,21 +6,11 @@ import torch.nn.functional as F
 
 import tiny_models
 from alignnoise_core.attention import AttentionRecorder, explicit_attention, target_grid
-from alignnoise_core.balance import balance_loss, tokens_from_mask
+from alignnoise_core.balance import tokens_from_mask
 from alignnoise_core.diffusers_bridge import attention_levels, optimize_unet_noise
 from test_balance import loop_loss
 
 T0 = 981
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not thrash a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 def test_target_grid_any_size_and_aspect():

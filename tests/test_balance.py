@@ -15,15 +15,6 @@ from alignnoise_core.balance import (
     tokens_from_mask,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not thrash a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # Test oracle: the reference loop formula (fn_compute_loss_mask, K=1), transcribed, NOT vectorised.
 # ---------------------------------------------------------------------------------------------

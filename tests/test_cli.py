@@ -31,17 +31,15 @@ FAST = ["--steps", "2", "--balance-iterations", "2", "-q"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _offline_single_thread():
-    """No hub access (HF_HUB_OFFLINE=1, also patched into huggingface_hub's constants read at import) and
-    one torch thread; both restored afterwards."""
+def _offline():
+    """No hub access (HF_HUB_OFFLINE=1, also patched into huggingface_hub's constants read at import),
+    restored afterwards. (One torch thread for the whole suite comes from conftest.)"""
     import huggingface_hub.constants as hub_constants
 
-    n, env, const = torch.get_num_threads(), os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    env, const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
     hub_constants.HF_HUB_OFFLINE = True
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
     hub_constants.HF_HUB_OFFLINE = const
     if env is None:
         os.environ.pop("HF_HUB_OFFLINE", None)

@@ -15,14 +15,6 @@ from alignnoise_core import nmg
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: no thread contention on a shared 2-core box
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup():
     """Tiny in-process SD1.5 model (inference-tensor weights), conds, a latent, its inversion."""

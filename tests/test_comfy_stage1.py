@@ -14,15 +14,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 NODE = "AttentionBalanceNoiseOptimize"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not thrash a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mask(b=1, h=128, w=128, border=32):
     m = torch.ones(b, h, w)
     m[:, border:h - border, border:w - border] = 0

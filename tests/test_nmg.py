@@ -39,15 +39,6 @@ def cfg_fn(unet, cond, uncond, scale):
     return predict
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run 3-5x faster single-threaded on a shared 2-core CI box (no thread contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def micro_unet():
     """Two-level UNet (one attention level): the cheapest model that still has cross-attention."""
