@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _memory import reset_peak, status_bytes
 
 import torch
 
@@ -53,17 +54,6 @@ UNET = dict(
 )
 TABLE = nmg.discrete_sigmas()
 S_T = 10.0
-
-
-def _status(key: str) -> int:
-    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-
-def _reset_peak():
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _build():
@@ -128,10 +118,10 @@ def _steps(m: Model):
 def _worker(mode: str, size: int) -> dict:
     m = Model(_build(), size)
     step = _steps(m)[mode]
-    base = _status("VmRSS")
-    _reset_peak()
+    base = status_bytes("VmRSS")
+    reset_peak()
     step()
-    return {"mode": mode, "peak": _status("VmHWM") - base}
+    return {"mode": mode, "peak": status_bytes("VmHWM") - base}
 
 
 def _timings(m: Model, rounds: int) -> tuple[dict, dict]:

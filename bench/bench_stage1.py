@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _memory import reset_peak, status_bytes
 
 import torch
 
@@ -48,17 +49,6 @@ SD15_INPAINT = dict(
     attention_head_dim=8,
 )
 T0 = 981
-
-
-def _status(key: str) -> int:
-    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-
-def _reset_peak():
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _inputs(size, seed=0):
@@ -144,10 +134,10 @@ def _worker(mode: str, size: int) -> dict:
     (no warm-up: the allocator would keep the warm-up's memory and hide the peak)."""
     unet = _build()
     step = _steps(unet, size)[mode]
-    base = _status("VmRSS")
-    _reset_peak()
+    base = status_bytes("VmRSS")
+    reset_peak()
     step()
-    return {"mode": mode, "size": size, "peak": _status("VmHWM") - base}
+    return {"mode": mode, "size": size, "peak": status_bytes("VmHWM") - base}
 
 
 def _timings(size: int, modes, rounds: int) -> dict:
