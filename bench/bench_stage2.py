@@ -25,7 +25,6 @@ are measured with RandomNoise (stage 2 only).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,23 +37,10 @@ import comfy_harness as ch  # noqa: E402
 
 def build_model(width: int, in_channels: int = 9, seed: int = 0):
     """SD1.5 UNet layout (4 levels, 2 res blocks, attention at the first three) with ``width`` channels."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    unet = dict(ch._UNET_BASE, in_channels=in_channels, model_channels=width, context_dim=768,
-                channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-                transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
-                use_linear_in_transformer=False)
-    with torch.inference_mode():
-        cfg = comfy.supported_models.SD15(unet)
-        cfg.unet_config["num_heads"] = 8
-        cfg.set_inference_dtype(torch.float32, None)
-        model = cfg.get_model({})
-        if in_channels > 4:
-            model.set_inpaint()
-        ch._init_params(model, seed)
-    n_params = sum(p.numel() for p in model.diffusion_model.parameters())
-    mp = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    mp = ch.tiny_model(in_channels, seed, num_heads=8, model_channels=width, channel_mult=[1, 2, 4, 4],
+                       num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                       transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    n_params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
     return mp, n_params
 
 
@@ -180,7 +166,7 @@ def main():
             out1 = sample(model, pos, neg, n1, latent, first_sigmas)
             t2 = time.perf_counter()
             n2 = result(refine.execute(model, out1, n1, "butterworth", 0.25, 4, 0.25, 2, mask=mask))[0]
-            out2 = sample(model, pos, neg, n2, out1, sig_full)
+            sample(model, pos, neg, n2, out1, sig_full)
             t3 = time.perf_counter()
             return t3 - t0, t1 - t0, n2, {"pass1": t2 - t1, "refine+pass2": t3 - t2}
 

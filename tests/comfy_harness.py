@@ -200,19 +200,23 @@ def _init_params(module: torch.nn.Module, seed: int) -> None:
             p.data.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
 
 
-def tiny_model(in_channels: int = 4, seed: int = 0):
+def tiny_model(in_channels: int = 4, seed: int = 0, num_heads: int = 2, **unet_overrides):
     """A tiny SD1.5-type ModelPatcher built under inference_mode (weights are inference tensors, as
     when ``CheckpointLoaderSimple`` loads a model inside the executor). Latent 16x16 -> attention at
-    16x16 (input 1), 8x8 (input 3), 4x4 (input 5), middle 2x2 and output 0..5."""
+    16x16 (input 1), 8x8 (input 3), 4x4 (input 5), middle 2x2 and output 0..5.
+
+    ``unet_overrides`` replace entries of the UNet config (e.g. ``model_channels``, ``channel_mult``
+    for a benchmark-size model); ``num_heads`` is the SD15 attention head count."""
     import comfy.model_patcher
     import comfy.supported_models
 
     unet = dict(_UNET_BASE, in_channels=in_channels, model_channels=32, context_dim=768,
                 channel_mult=[1, 1, 1], num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1],
                 transformer_depth_output=[1] * 6, transformer_depth_middle=1, use_linear_in_transformer=False)
+    unet.update(unet_overrides)
     with torch.inference_mode():
         cfg = comfy.supported_models.SD15(unet)
-        cfg.unet_config["num_heads"] = 2
+        cfg.unet_config["num_heads"] = num_heads
         cfg.set_inference_dtype(torch.float32, None)
         model = cfg.get_model({})
         if in_channels > 4:
