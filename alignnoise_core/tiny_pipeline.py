@@ -75,6 +75,42 @@ def write_tokenizer_files(directory: str | os.PathLike) -> Path:
     return d
 
 
+def build_unet(preset: str = "tiny", in_channels: int = 9, seed: int | None = None, **overrides):
+    """A random SD-layout ``UNet2DConditionModel`` of a :data:`PRESETS` size (attention at the first
+    three levels, like SD1.x/2.x). ``seed=None`` keeps the caller's RNG stream."""
+    from diffusers import UNet2DConditionModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = dict(
+        sample_size=16 if preset == "tiny" else 32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        **PRESETS[preset]["unet"],
+    )
+    return UNet2DConditionModel(**{**config, **overrides})
+
+
+def build_vae(preset: str = "tiny", seed: int | None = None, **overrides):
+    """A random ``AutoencoderKL`` with SD's 8x downsampling and 4 latent channels, :data:`PRESETS` widths."""
+    from diffusers import AutoencoderKL
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=128,
+        **PRESETS[preset]["vae"],
+    )
+    return AutoencoderKL(**{**config, **overrides})
+
+
 def build_tiny_inpaint_pipeline(preset: str = "tiny", seed: int = 0, scheduler: str = "pndm"):
     """Build a random ``StableDiffusionInpaintPipeline`` in memory (CPU, float32, no download).
 
@@ -83,36 +119,15 @@ def build_tiny_inpaint_pipeline(preset: str = "tiny", seed: int = 0, scheduler: 
         seed: seed of the random weights.
         scheduler: ``pndm`` (as SD2-inpainting ships: ``skip_prk_steps``, ``steps_offset=1``) or ``ddim``.
     """
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        PNDMScheduler,
-        StableDiffusionInpaintPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     cfg = PRESETS[preset]
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16 if preset == "tiny" else 32,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        **cfg["unet"],
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        sample_size=128,
-        **cfg["vae"],
-    )
+    unet = build_unet(preset, in_channels=9)
+    vae = build_vae(preset)  # continues the same RNG stream as the UNet
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(
             str(write_tokenizer_files(tmp)), local_files_only=True, model_max_length=77
