@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 
 from .balance import AttentionCapture
 
@@ -61,6 +62,21 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
 
 class EarlyStop(Exception):
     """Raised by a bridge after the last target-level block has been recorded (private)."""
+
+
+def checkpointed_call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` under non-reentrant activation checkpointing while autograd records.
+
+    Gradient checkpointing for stage 1: the layer keeps only its inputs during the forward and is
+    recomputed in the backward pass. ``dict`` arguments (ComfyUI's ``transformer_options``, which
+    the UNet mutates block by block) are snapshot, so the recomputation sees what the forward saw.
+    Never used on the target-level attention layers: they record probabilities as a side effect.
+    """
+    if not torch.is_grad_enabled():
+        return fn(*args, **kwargs)
+    args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+    kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
 
 
 class AttentionRecorder:

@@ -96,6 +96,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--balance-lr", type=float, default=1e-2, help="Adam learning rate")
     g.add_argument("--balance-threshold", type=float, default=0.55, help="stop when the loss is below this")
     g.add_argument("--balance-tau", type=float, default=0.15, help="hinge level tau of the loss")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute UNet layers in the backward pass instead of storing them (less memory, slower)")
 
     g = p.add_argument_group("AlignNoise stage 2: frequency refinement (a second sampling pass)")
     g.add_argument("--no-frequency-refine", dest="frequency_refine", action="store_false",
@@ -242,7 +244,7 @@ def _settings(args):
         guidance=args.guidance, attention_balance=args.attention_balance,
         balance_iterations=args.balance_iterations, balance_lr=args.balance_lr,
         balance_threshold=args.balance_threshold, balance_tau=args.balance_tau,
-        frequency_refine=args.frequency_refine, passes=args.passes, filter_type=args.filter,
+        gradient_checkpointing=args.gradient_checkpointing, frequency_refine=args.frequency_refine, passes=args.passes, filter_type=args.filter,
         cutoff=args.cutoff, order=args.filter_order, fast_sampling=args.fast_sampling,
         paste_back=args.paste_back,
     )

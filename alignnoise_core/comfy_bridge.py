@@ -9,6 +9,7 @@ Sections: shared primitives (this block), then one section per feature, each mar
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -160,29 +161,45 @@ def differentiable_clone(model):
     returned clone must be released with :func:`release_model` when done.
     """
     m = model.clone()
-
-    def identity(w):
-        return w
-
     for name, module in m.model.named_modules():
         if not hasattr(module, "weight_function"):
             continue
         if getattr(module, "weight", None) is not None:
-            m.add_weight_wrapper(f"{name}.weight", identity)
+            m.add_weight_wrapper(f"{name}.weight", _identity)
         if getattr(module, "bias", None) is not None:
-            m.add_weight_wrapper(f"{name}.bias", identity)
+            m.add_weight_wrapper(f"{name}.bias", _identity)
     return m
 
 
+def _identity(w):
+    return w
+
+
 def release_model(m) -> None:
-    """Unload a patched clone so none of its wrappers stay attached to the shared UNet modules."""
+    """Unload a patched clone and remove what ComfyUI's unpatching leaves on the shared UNet modules
+    (our identity weight wrappers, restored method attributes), so the model is exactly as before."""
     import comfy.model_management as mm
+    import comfy.utils
 
     for i in reversed(range(len(mm.current_loaded_models))):
         loaded = mm.current_loaded_models[i]
         if loaded.model is m:
             loaded.model_unload()
             mm.current_loaded_models.pop(i)
+    # Unloading leaves weight wrappers in the modules' function lists until the next load: drop ours.
+    for mod in m.model.modules():
+        for attr in ("weight_function", "bias_function"):
+            funcs = getattr(mod, attr, None)
+            if funcs and any(f is _identity for f in funcs):
+                setattr(mod, attr, [f for f in funcs if f is not _identity])
+    # Unpatching an object patch of a method stores the original back as an instance attribute (a
+    # bound method, i.e. a module <-> method reference cycle); drop it when it is just the class's.
+    for key in m.object_patches:
+        owner, _, attr = key.rpartition(".")
+        mod = comfy.utils.get_attr(m.model, owner) if owner else m.model
+        value = vars(mod).get(attr) if hasattr(mod, "__dict__") else None
+        if getattr(value, "__self__", None) is mod and getattr(value, "__func__", None) is getattr(type(mod), attr, None):
+            delattr(mod, attr)
 
 
 @contextlib.contextmanager
@@ -511,6 +528,36 @@ def attention_levels(model) -> dict:
     return levels
 
 
+def _checkpoint_patches(m, keys: list, early_stop: bool) -> int:
+    """Gradient checkpointing on the clone ``m``: object patches (undone when ``m`` is unpatched) that
+    run every ResBlock and SpatialTransformer on the gradient path under activation checkpointing,
+    except the target-level transformers (their capture records probabilities as a side effect).
+    Layers after the last target block are skipped when the forward stops there. Returns the count."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
+
+    from .attention import checkpointed_call
+
+    dm = m.model.diffusion_model
+    target_blocks = {(k[0], k[1]) for k in keys}
+    last_out = max((k[1] for k in keys if k[0] == "output"), default=-1) if early_stop else len(dm.output_blocks) - 1
+    blocks = [("input", i, f"input_blocks.{i}", b) for i, b in enumerate(dm.input_blocks)]
+    if dm.middle_block is not None:
+        blocks.append(("middle", 0, "middle_block", dm.middle_block))
+    blocks += [("output", i, f"output_blocks.{i}", b) for i, b in enumerate(dm.output_blocks) if i <= last_out]
+    count = 0
+    for kind, index, path, block in blocks:
+        for j, layer in enumerate(block):
+            if isinstance(layer, SpatialTransformer) and (kind, index) in target_blocks:
+                continue
+            if isinstance(layer, (TimestepBlock, SpatialTransformer)):
+                forward = layer.forward
+                m.add_object_patch(f"diffusion_model.{path}.{j}.forward",
+                                   functools.partial(checkpointed_call, forward))
+                count += 1
+    return count
+
+
 @dataclass
 class BalanceRun:
     """Result of :func:`attention_balance` (noise on CPU, plus what the node reports)."""
@@ -557,7 +604,7 @@ def _attention_mask_input(latent: dict, mask):
 def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Tensor, noise_seed: int,
                       mask=None, cfg: float = 1.0, iterations: int = 10, lr: float = 0.01,
                       loss_threshold: float = 0.55, tau: float = 0.15, smooth: bool = True,
-                      early_stop: bool = True) -> BalanceRun:
+                      early_stop: bool = True, gradient_checkpointing: bool = False) -> BalanceRun:
     """AlignNoise stage 1 inside ComfyUI: optimise ``RandomNoise(noise_seed)`` for this latent.
 
     Recipe (comfyui.md §2.4/2.5): a clone with identity weight wrappers (fresh weight copies per
@@ -570,6 +617,9 @@ def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Ten
     One UNet evaluation per iteration at ``sigmas[0]``, with the exact first model input the user's
     ``SamplerCustomAdvanced`` will build from this NOISE and this latent (``noise_scaling`` with
     max-denoise at sigma_max, plus the ``noise_mask`` blend of 4-channel inpainting).
+
+    ``gradient_checkpointing`` recomputes the non-target layers in the backward pass instead of
+    keeping their activations (object patches on the clone, undone when it is released).
     """
     from . import balance
     from .attention import AttentionRecorder, explicit_attention, target_grid
@@ -620,6 +670,8 @@ def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Ten
     for key in keys:
         m.set_model_attn1_replace(capture, key[0], key[1], key[2])
     m.model_options = differentiable_attention_override(m.model_options)
+    if gradient_checkpointing:
+        _checkpoint_patches(m, keys, early_stop)
     names = ["positive"] if float(cfg) == 1.0 else ["positive", "negative"]
     progress = Progress(iterations)
     out: dict = {}

@@ -131,6 +131,36 @@ def _frozen(module: torch.nn.Module):
             p.requires_grad_(f)
 
 
+@contextlib.contextmanager
+def _checkpointing(unet, target_names):
+    """Activation checkpointing on every diffusers block that supports it (resnets, transformer
+    blocks) except the transformers holding a target-level ``attn1`` (their processor records
+    probabilities as a side effect, which a recomputation must not repeat). Flags restored after."""
+    from .attention import checkpointed_call
+
+    def func(module, *args, **kwargs):
+        return checkpointed_call(module.__call__, *args, **kwargs)
+
+    touched = []
+    for name, mod in unet.named_modules():
+        if mod is unet or not isinstance(getattr(mod, "gradient_checkpointing", None), bool):
+            continue
+        if type(mod).__name__ == "Transformer2DModel" and any(t.startswith(name + ".") for t in target_names):
+            continue
+        touched.append((mod, mod.gradient_checkpointing, mod.__dict__.get("_gradient_checkpointing_func")))
+        mod._gradient_checkpointing_func = func
+        mod.gradient_checkpointing = True
+    try:
+        yield len(touched)
+    finally:
+        for mod, flag, previous in touched:
+            mod.gradient_checkpointing = flag
+            if previous is None:
+                del mod._gradient_checkpointing_func
+            else:
+                mod._gradient_checkpointing_func = previous
+
+
 def optimize_unet_noise(
     unet,
     z: torch.Tensor,
@@ -140,6 +170,7 @@ def optimize_unet_noise(
     concat: Optional[torch.Tensor] = None,
     early_stop: bool = True,
     downsamples: int = 2,
+    gradient_checkpointing: bool = False,
     **optimizer_kwargs,
 ) -> BalanceResult:
     """Optimise initial noise with AlignNoise stage 1 on a diffusers UNet.
@@ -159,6 +190,8 @@ def optimize_unet_noise(
         concat: optional (B, C', h, w) extra input channels.
         early_stop: stop the forward pass after the last target-level block.
         downsamples: target level = this many stride-2 downsamples below the latent (2 = 1/32 px).
+        gradient_checkpointing: recompute the non-target layers in the backward pass instead of
+            keeping their activations (less memory, slower; same result). Needs a known block layout.
         **optimizer_kwargs: forwarded to :func:`alignnoise_core.balance.optimize_noise`
             (iterations, lr, loss_threshold, tau, smooth, adam_eps, final_eval, callback).
 
@@ -207,7 +240,13 @@ def optimize_unet_noise(
             logger.debug("AlignNoise target level %s: %s", grid, recorder.target_keys)
         return recorder.capture()
 
-    with _frozen(unet):
+    checkpointing = contextlib.nullcontext()
+    if gradient_checkpointing:
+        if recorder.discovered:
+            checkpointing = _checkpointing(unet, recorder.target_keys)
+        else:
+            logger.warning("gradient checkpointing skipped: unknown UNet layout (target level found at runtime)")
+    with _frozen(unet), checkpointing:
         session.install(set(recorder.target_keys) if recorder.discovered else None)
         try:
             return optimize_noise(evaluate, z, mask, **optimizer_kwargs)

@@ -70,6 +70,8 @@ class AlignNoiseSettings:
         attention_balance: stage 1, optimise ``z`` so outpaint tokens attend to the source ("AAM").
         balance_iterations, balance_lr, balance_threshold, balance_tau: stage 1 constants (reference
             ``max_step`` 10, ``initno_lr`` 1e-2, stop when loss < 0.55, hinge tau 0.15).
+        gradient_checkpointing: stage 1 recomputes UNet layers in the backward pass instead of
+            storing their activations (less memory, slower, same result).
         frequency_refine: stage 2, re-noise the first pass and keep its low frequencies in the
             outpainted region (masked FreeInit), then sample again.
         passes: number of sampling passes when ``frequency_refine`` is on (reference ``num_iters`` 2).
@@ -89,6 +91,7 @@ class AlignNoiseSettings:
     balance_lr: float = 1e-2
     balance_threshold: float = 0.55
     balance_tau: float = 0.15
+    gradient_checkpointing: bool = False
     frequency_refine: bool = True
     passes: int = 2
     filter_type: str = "butterworth"
@@ -444,6 +447,7 @@ def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseS
                 pipe, z.to(device), mask_lat[:1], masked_lat[:1], cond, num_inference_steps=settings.steps,
                 iterations=settings.balance_iterations, lr=settings.balance_lr,
                 loss_threshold=settings.balance_threshold, tau=settings.balance_tau, callback=on_iter,
+                gradient_checkpointing=settings.gradient_checkpointing,
             )
         finally:
             bar.close()

@@ -84,6 +84,10 @@ class AttentionBalanceNoiseOptimize(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Outpainted region, 1 = outpainted (e.g. OutpaintPad's mask). Defaults to the "
                                       "latent's noise_mask. An all-ones mask is an error (no source to attend to)."),
+                io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                                 tooltip="Recompute UNet layers in the backward pass instead of storing their "
+                                         "activations: much less memory for large images or SDXL, slower "
+                                         "iterations. Same result."),
             ],
             outputs=[
                 io.Noise.Output(display_name="noise",
@@ -99,10 +103,11 @@ class AttentionBalanceNoiseOptimize(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, sigmas, noise_seed, cfg, iterations, lr,
-                loss_threshold, tau, smooth, mask=None) -> io.NodeOutput:
+                loss_threshold, tau, smooth, mask=None, gradient_checkpointing=False) -> io.NodeOutput:
         run = comfy_bridge.attention_balance(
             model, positive, negative, latent_image, sigmas, noise_seed, mask=mask, cfg=cfg, iterations=iterations,
-            lr=lr, loss_threshold=loss_threshold, tau=tau, smooth=smooth)
+            lr=lr, loss_threshold=loss_threshold, tau=tau, smooth=smooth,
+            gradient_checkpointing=gradient_checkpointing)
         noise = comfy_bridge.TensorNoise(run.noise, noise_seed, source="AttentionBalanceNoiseOptimize")
         report = _report(run, loss_threshold)
         log.info("AttentionBalanceNoiseOptimize:\n%s", report)

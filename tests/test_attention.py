@@ -214,3 +214,49 @@ def test_four_channel_unet(tiny_unet4):
     z, mask, _, ehs = _inputs(seed=7)
     r = optimize_unet_noise(tiny_unet4, z, mask, T0, ehs, iterations=2, loss_threshold=-1)
     assert r.forwards == 2 and torch.isfinite(r.noise).all()
+
+
+def _saved_bytes(fn):
+    """Bytes autograd keeps for backward outside checkpointed regions while ``fn`` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+@pytest.mark.parametrize("early_stop", [True, False], ids=["early_stop", "full_forward"])
+def test_gradient_checkpointing_same_result_less_saved_memory(tiny_unet9, early_stop):
+    z, mask, concat, ehs = _inputs(seed=3)
+    kw = dict(concat=concat, iterations=3, loss_threshold=-1, early_stop=early_stop)
+    plain_bytes, plain = _saved_bytes(lambda: optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, **kw))
+    ckpt_bytes, ckpt = _saved_bytes(
+        lambda: optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, gradient_checkpointing=True, **kw))
+    assert [l[0] for l in ckpt.losses] == pytest.approx([l[0] for l in plain.losses], abs=1e-6)
+    assert torch.allclose(ckpt.noise, plain.noise, atol=1e-6)
+    assert ckpt_bytes < 0.6 * plain_bytes  # only layer inputs (and the target-level transformers) kept
+
+
+def test_gradient_checkpointing_flags_restored(tiny_unet9):
+    z, mask, concat, ehs = _inputs(seed=4)
+    flags = {n: (m.gradient_checkpointing, "_gradient_checkpointing_func" in vars(m))
+             for n, m in tiny_unet9.named_modules() if hasattr(m, "gradient_checkpointing")}
+    target = attention_levels(tiny_unet9)[2][0].rsplit(".transformer_blocks", 1)[0]  # a Transformer2DModel
+    seen = {}
+    hooks = [dict(tiny_unet9.named_modules())[n].register_forward_hook(
+        lambda m, a, o, n=n: [seen.setdefault(n, m.gradient_checkpointing), None][1])
+        for n in ("down_blocks.0", target)]
+    try:
+        optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, concat=concat, iterations=1, loss_threshold=-1,
+                            gradient_checkpointing=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    # on during the optimisation, except on the target-level transformer whose attention is recorded
+    assert seen == {"down_blocks.0": True, target: False}
+    assert flags == {n: (m.gradient_checkpointing, "_gradient_checkpointing_func" in vars(m))
+                     for n, m in tiny_unet9.named_modules() if hasattr(m, "gradient_checkpointing")}

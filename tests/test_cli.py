@@ -153,6 +153,26 @@ def test_paste_back_switch(pipe, source):
     assert torch.equal(on.image[:, :32], off.image[:, :32])  # the generated border is the same
 
 
+def test_gradient_checkpointing_same_image(pipe, source, monkeypatch):
+    """--gradient-checkpointing reaches stage 1 and changes memory only, not the picture."""
+    from alignnoise_core import diffusers_bridge
+
+    arr, _ = source
+    img = torch.from_numpy(arr).float() / 255
+    flags, real = [], diffusers_bridge.optimize_unet_noise
+    monkeypatch.setattr(diffusers_bridge, "optimize_unet_noise",
+                        lambda *a, **kw: flags.append(kw["gradient_checkpointing"]) or real(*a, **kw))
+    s = pipeline.AlignNoiseSettings(steps=2, balance_iterations=3, balance_threshold=0.0)
+    off = pipeline.outpaint(pipe, img, left=32, settings=s, feathering=0, progress=False)
+    on = pipeline.outpaint(pipe, img, left=32, settings=dataclasses.replace(s, gradient_checkpointing=True),
+                           feathering=0, progress=False)
+    assert flags == [False, True]
+    assert torch.allclose(on.image, off.image, atol=1e-4)
+    args = cli.build_parser().parse_args(["outpaint", "a.png", "--model", "m", "--left", "8",
+                                          "--gradient-checkpointing"])
+    assert cli._settings(args).gradient_checkpointing
+
+
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
 def test_plain_path_equals_diffusers_pipeline(pipe, source, scheduler):
     """Both stages off = diffusers' own StableDiffusionInpaintPipeline with the same noise."""
