@@ -486,10 +486,6 @@ def frequency_refine(model, samples: dict, noise, mask: torch.Tensor | None = No
 # --------------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    """Private: raised by the capture patch after the last target-level block of one evaluation."""
-
-
 def attention_levels(model) -> dict:
     """Self-attention (attn1) patch keys of an openaimodel UNet grouped by resolution level.
 
@@ -622,7 +618,7 @@ def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Ten
     keeping their activations (object patches on the clone, undone when it is released).
     """
     from . import balance
-    from .attention import AttentionRecorder, explicit_attention, target_grid
+    from .attention import AttentionRecorder, EarlyStop, explicit_attention, target_grid
 
     info = model_info(model, "AttentionBalanceNoiseOptimize")
     samples = latent["samples"]
@@ -663,7 +659,7 @@ def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Ten
         out, probs = explicit_attention(q, k, v, heads)
         blk = extra_options["block"]
         if recorder.record((blk[0], blk[1], extra_options.get("block_index", 0)), probs) and state["stop"]:
-            raise _StopForward()
+            raise EarlyStop()
         return out
 
     m = differentiable_clone(model)
@@ -704,7 +700,7 @@ def attention_balance(model, positive, negative, latent: dict, sigmas: torch.Ten
                 state["stop"] = early_stop
                 try:
                     ctx.calc_cond_batch(names, x, sigma)
-                except _StopForward:
+                except EarlyStop:
                     pass
                 finally:
                     state["stop"] = False

@@ -10,6 +10,7 @@ Rows:
 - stage1: one optimisation iteration of this pack (target-level explicit attention only, forward
   stopped after the last target-level block, no weight gradients, vectorised loss, Adam step);
 - stage1 (no early stop): the same with the full forward;
+- stage1 (gradient checkpointing): the same with the non-target layers recomputed in the backward;
 - reference-style: explicit softmax processors on every attention layer, gradients for all UNet
   weights, full forward, loop loss (what ``WHUIR/AlignNoise`` ``fn_AAM`` does per iteration).
 
@@ -86,9 +87,9 @@ def _steps(unet, size):
         out = unet(torch.cat([x, concat], 1), T0, encoder_hidden_states=ehs).sample
         out.pow(2).mean().backward()
 
-    def stage1(early_stop=True):
+    def stage1(early_stop=True, checkpointing=False):
         optimize_unet_noise(unet, z, mask, T0, ehs, concat=concat, iterations=1, loss_threshold=-1.0,
-                            early_stop=early_stop)
+                            early_stop=early_stop, gradient_checkpointing=checkpointing)
 
     grid = target_grid(z.shape[-2:])
     store = []
@@ -126,7 +127,8 @@ def _steps(unet, size):
             unet.requires_grad_(False)
             unet.set_attn_processor(originals)
 
-    return {"plain": plain, "stage1": stage1, "stage1_full": lambda: stage1(False), "reference": reference}
+    return {"plain": plain, "stage1": stage1, "stage1_full": lambda: stage1(False),
+            "stage1_ckpt": lambda: stage1(checkpointing=True), "reference": reference}
 
 
 def _worker(mode: str, size: int) -> dict:
@@ -183,7 +185,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256])
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (min is reported)")
-    ap.add_argument("--modes", nargs="+", default=["plain", "stage1", "stage1_full", "reference"])
+    ap.add_argument("--modes", nargs="+", default=["plain", "stage1", "stage1_full", "stage1_ckpt", "reference"])
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     ap.add_argument("--no-timing", action="store_true", help="skip the timing rounds")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
@@ -208,7 +210,8 @@ def main():
         rows.append((size, times, peaks))
 
     names = {"plain": "plain frozen forward+backward", "stage1": "stage 1 iteration (this pack)",
-             "stage1_full": "stage 1 iteration, no early stop", "reference": "reference-style iteration"}
+             "stage1_full": "stage 1 iteration, no early stop",
+             "stage1_ckpt": "stage 1 iteration, gradient checkpointing", "reference": "reference-style iteration"}
     print("| image | variant | time / iter (s) | time ÷ plain | peak mem (MiB) | peak ÷ plain |")
     print("|---|---|---|---|---|---|")
     for size, times, peaks in rows:

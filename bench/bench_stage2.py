@@ -36,10 +36,13 @@ import comfy_harness as ch  # noqa: E402
 
 
 def build_model(width: int, in_channels: int = 9, seed: int = 0):
-    """SD1.5 UNet layout (4 levels, 2 res blocks, attention at the first three) with ``width`` channels."""
+    """SD1.5 UNet layout (4 levels, 2 res blocks, attention at the first three) with ``width`` channels.
+
+    ComfyUI pops ``transformer_depth_output`` from the end (output block 0 takes the last entry), so
+    SD1.5's list is [1]*9 + [0]*3, as ``model_detection`` reads it from an SD1.5 checkpoint."""
     mp = ch.tiny_model(in_channels, seed, num_heads=8, model_channels=width, channel_mult=[1, 2, 4, 4],
                        num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-                       transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+                       transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
     n_params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
     return mp, n_params
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tiny_models
+from autograd_memory import saved_bytes
 from alignnoise_core.attention import AttentionRecorder, explicit_attention, target_grid
 from alignnoise_core.balance import tokens_from_mask
 from alignnoise_core.diffusers_bridge import attention_levels, optimize_unet_noise
@@ -216,25 +217,12 @@ def test_four_channel_unet(tiny_unet4):
     assert r.forwards == 2 and torch.isfinite(r.noise).all()
 
 
-def _saved_bytes(fn):
-    """Bytes autograd keeps for backward outside checkpointed regions while ``fn`` runs."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out
-
-
 @pytest.mark.parametrize("early_stop", [True, False], ids=["early_stop", "full_forward"])
 def test_gradient_checkpointing_same_result_less_saved_memory(tiny_unet9, early_stop):
     z, mask, concat, ehs = _inputs(seed=3)
     kw = dict(concat=concat, iterations=3, loss_threshold=-1, early_stop=early_stop)
-    plain_bytes, plain = _saved_bytes(lambda: optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, **kw))
-    ckpt_bytes, ckpt = _saved_bytes(
+    plain_bytes, plain = saved_bytes(lambda: optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, **kw))
+    ckpt_bytes, ckpt = saved_bytes(
         lambda: optimize_unet_noise(tiny_unet9, z, mask, T0, ehs, gradient_checkpointing=True, **kw))
     assert [l[0] for l in ckpt.losses] == pytest.approx([l[0] for l in plain.losses], abs=1e-6)
     assert torch.allclose(ckpt.noise, plain.noise, atol=1e-6)

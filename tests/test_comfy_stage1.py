@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import comfy_harness as ch
+from autograd_memory import saved_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -162,19 +163,6 @@ def _module_state(model):
                 list(getattr(m, "bias_function", []))) for n, m in model.model.named_modules()}
 
 
-def _saved_bytes(fn):
-    """Bytes autograd keeps for backward outside checkpointed regions while ``fn`` runs."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out
-
-
 @pytest.mark.parametrize("in_channels", [9, 4], ids=["9ch_concat", "4ch_noise_mask"])
 def test_gradient_checkpointing_same_noise_less_memory_nothing_left(comfy_env, in_channels):
     model, pos, neg, latent, mask, sigmas = _setup(in_channels, seed=6)
@@ -184,8 +172,8 @@ def test_gradient_checkpointing_same_noise_less_memory_nothing_left(comfy_env, i
         def run(gc):
             return ch.node_class(NODE).execute(model, pos, neg, latent, sigmas, 7, 1.0, 3, 0.01, 0.0, 0.15, True,
                                                mask=mask, gradient_checkpointing=gc)
-        plain_bytes, plain = _saved_bytes(lambda: run(False))
-        ckpt_bytes, ckpt = _saved_bytes(lambda: run(True))
+        plain_bytes, plain = saved_bytes(lambda: run(False))
+        ckpt_bytes, ckpt = saved_bytes(lambda: run(True))
         z_plain, z_ckpt = (o.args[0].generate_noise(latent) for o in (plain, ckpt))
     assert torch.allclose(z_ckpt, z_plain, atol=1e-6) and not torch.equal(z_plain, _random_noise(7).generate_noise(latent))
     assert plain.args[2] == ckpt.args[2]  # same losses, AS values and pass counts in the report
