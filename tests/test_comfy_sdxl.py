@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import comfy_harness as ch
+from test_comfy_stage1 import _random_noise, _run as run_node, _sample, assert_model_untouched
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -96,26 +97,8 @@ def _setup(in_channels, seed=0):
     return model, pos, neg, latent, mask, sigmas
 
 
-def _run(model, pos, neg, latent, sigmas, seed=7, iterations=2, threshold=0.0, mask=None, cfg=1.0):
-    with torch.inference_mode():
-        return ch.node_class(NODE).execute(model, pos, neg, latent, sigmas, seed, cfg, iterations, 0.01, threshold,
-                                           0.15, True, mask=mask)
-
-
-def _sample(model, noise, latent, sigmas, pos, neg, cfg=1.0):
-    import comfy.samplers
-
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(pos, neg)
-        guider.set_cfg(cfg)
-        out = ch.node_class("SamplerCustomAdvanced").execute(noise, guider, comfy.samplers.sampler_object("euler"),
-                                                             sigmas, latent)
-        return out.result[0]["samples"].clone()
-
-
-def _random_noise(seed):
-    return ch.node_class("RandomNoise").execute(seed).result[0]
+def _run(model, pos, neg, latent, sigmas, iterations=2, **kw):
+    return run_node(model, pos, neg, latent, sigmas, iterations=iterations, **kw)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,16 +149,7 @@ def test_loss_decreases_with_paper_defaults(comfy_env):
 
 
 def test_model_untouched_sampling_bit_identical(comfy_env):
-    model, pos, neg, latent, mask, sigmas = _setup(9, seed=2)
-    options_before = repr(model.model_options)
-    before = _sample(model, _random_noise(11), latent, sigmas, pos, neg)
-    out = _run(model, pos, neg, latent, sigmas, iterations=2, mask=mask)
-    after = _sample(model, _random_noise(11), latent, sigmas, pos, neg)
-    assert torch.equal(before, after)
-    assert repr(model.model_options) == options_before
-    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", [])
-               for m in model.model.modules())
-    assert not out.args[0].noise.requires_grad
+    assert_model_untouched(*_setup(9, seed=2), run=_run)
 
 
 def test_noise_drives_sampler_custom_advanced(comfy_env):

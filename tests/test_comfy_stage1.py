@@ -184,20 +184,26 @@ def test_gradient_checkpointing_same_noise_less_memory_nothing_left(comfy_env, i
     assert torch.equal(_sample(model, _random_noise(3), latent, sigmas, pos, neg), before)
 
 
-@pytest.mark.parametrize("in_channels", [9, 4], ids=["9ch_concat", "4ch_noise_mask"])
-def test_model_untouched_sampling_bit_identical(comfy_env, in_channels):
-    model, pos, neg, latent, mask, sigmas = _setup(in_channels, seed=2)
+def assert_model_untouched(model, pos, neg, latent, mask, sigmas, run=_run):
+    """Sampling before and after the node is bit-identical, and right after the node every module's
+    attributes and weight/bias functions are as before; the NOISE holds only plain data."""
     options_before = repr(model.model_options)
     before = _sample(model, _random_noise(11), latent, sigmas, pos, neg)
-    out = _run(model, pos, neg, latent, sigmas, iterations=3, mask=mask)
+    modules = _module_state(model)
+    out = run(model, pos, neg, latent, sigmas, iterations=3, mask=mask)
+    assert _module_state(model) == modules
     after = _sample(model, _random_noise(11), latent, sigmas, pos, neg)
     assert torch.equal(before, after)
     assert repr(model.model_options) == options_before
     assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", [])
                for m in model.model.modules())
-    # the NOISE holds only a plain CPU tensor and an int
-    assert set(vars(out.args[0])) <= {"noise", "seed", "source"}
+    assert set(vars(out.args[0])) <= {"noise", "seed", "source"}  # a plain CPU tensor and an int
     assert not out.args[0].noise.requires_grad
+
+
+@pytest.mark.parametrize("in_channels", [9, 4], ids=["9ch_concat", "4ch_noise_mask"])
+def test_model_untouched_sampling_bit_identical(comfy_env, in_channels):
+    assert_model_untouched(*_setup(in_channels, seed=2))
 
 
 def test_noise_drives_sampler_and_starts_where_the_loss_looked(comfy_env):
