@@ -41,26 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from alignnoise_core import nmg  # noqa: E402
 
-UNET = dict(
-    sample_size=32,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(64, 128, 256, 256),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 TABLE = nmg.discrete_sigmas()
 S_T = 10.0
 
 
 def _build():
-    from diffusers import UNet2DConditionModel
+    from alignnoise_core.tiny_pipeline import build_unet
 
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**UNET).eval().requires_grad_(False)
+    # SD-layout UNet from the shared builder (same config and weights as a hand-written one, seed 0)
+    return build_unet("mid", in_channels=4, seed=0, cross_attention_dim=768).eval().requires_grad_(False)
 
 
 class Model:

@@ -38,17 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-SD15_INPAINT = dict(
-    sample_size=64,
-    in_channels=9,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 T0 = 981
 
 
@@ -66,10 +55,11 @@ def _inputs(size, seed=0):
 
 
 def _build():
-    from diffusers import UNet2DConditionModel
+    from alignnoise_core.tiny_pipeline import build_unet
 
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**SD15_INPAINT).eval().requires_grad_(False)
+    # SD-layout UNet from the shared builder (same config and weights as a hand-written one, seed 0)
+    return build_unet("mid", in_channels=9, seed=0, sample_size=64, block_out_channels=(320, 640, 1280, 1280),
+                      cross_attention_dim=768).eval().requires_grad_(False)
 
 
 def _steps(unet, size):
