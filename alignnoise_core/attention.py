@@ -1,6 +1,6 @@
 """Explicit self-attention probabilities and a recorder for the AlignNoise target level.
 
-Host-free. Both bridges (diffusers, ComfyUI) compute attention explicitly only on the blocks of the
+Host-free. Both hosts (diffusers, ComfyUI) compute attention explicitly only on the blocks of the
 target level (the 1/32-pixel level: 16x16 tokens at 512x512) and hand the probabilities to an
 :class:`AttentionRecorder`, which averages them over layers, heads and CFG chunks exactly like the
 reference ``aggregate_attention`` (mean over all stored maps).
@@ -86,7 +86,7 @@ class AttentionRecorder:
 
     Keyed by token grid: only calls whose grid equals ``grid`` are recorded; the set and order of
     block keys that hit the target grid is learnt during the first evaluation (``target_keys``),
-    so the bridges can restrict explicit attention to them and stop the forward after the last.
+    so the hosts can restrict explicit attention to them and stop the forward after the last.
 
     Args:
         grid: (h, w) target token grid.
