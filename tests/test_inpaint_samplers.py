@@ -378,3 +378,22 @@ def test_mask_fn_is_used_per_step():
     b = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE,
                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and len(calls) == 8
+
+
+def test_inpaint_package_is_host_free_and_packaged():
+    import os
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import alignnoise_core.inpaint, alignnoise_core.inpaint.gaussian, sys\n"
+            "assert not [m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_api'))]\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "alignnoise_core.inpaint" in packages
+    for path in (root / "alignnoise_core" / "inpaint").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name
