@@ -236,8 +236,8 @@ def test_diffpir_small_sigma_n_is_a_hard_x0_paste(space):
 # -- variance anchors of the η-mix samplers (dense steps, 2-cell toy with an independent prior) -------------
 
 @pytest.mark.parametrize("method, kw, factor", [
-    ("ddnm", dict(eta=0.85), (1 + math.sqrt(1 - 0.85 ** 2)) / 2),   # 0.763
-    ("ddnm", dict(eta=0.0), 1.0),
+    ("ddnm", dict(eta=0.85, travel_length=1, travel_repeat=1), (1 + math.sqrt(1 - 0.85 ** 2)) / 2),  # 0.763
+    ("ddnm", dict(eta=0.0, travel_length=1, travel_repeat=1), 1.0),
     ("diffpir", dict(zeta=1.0), 0.5),
     ("diffpir", dict(zeta=0.5), (1 + math.sqrt(0.5)) / 2)])
 def test_eta_mix_dense_step_variance(method, kw, factor):
@@ -374,10 +374,17 @@ def test_mask_fn_is_used_per_step():
         calls.append(float(sigma))
         return mask
     a = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, mask_fn=mask_fn,
-                       generator=torch.Generator().manual_seed(0))
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
     b = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE,
-                       generator=torch.Generator().manual_seed(0))
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and len(calls) == 8
+    wider = mask.clone()
+    wider[..., 1:7, 1:7] = 1
+    c = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, mask_fn=lambda s: wider,
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, c)
+    k = (mask == 0).expand_as(c)
+    assert torch.equal(c[k], known.expand_as(c)[k])  # the final paste uses the base mask
 
 
 def test_inpaint_package_is_host_free_and_packaged():
@@ -397,3 +404,12 @@ def test_inpaint_package_is_host_free_and_packaged():
     assert "alignnoise_core.inpaint" in packages
     for path in (root / "alignnoise_core" / "inpaint").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_function_defaults_are_the_node_defaults():
+    import inspect
+
+    for name, params in ip.DEFAULTS.items():
+        sig = inspect.signature(ip.SAMPLERS[name])
+        for key, value in params.items():
+            assert sig.parameters[key].default == value, (name, key)
