@@ -413,3 +413,29 @@ def test_function_defaults_are_the_node_defaults():
         sig = inspect.signature(ip.SAMPLERS[name])
         for key, value in params.items():
             assert sig.parameters[key].default == value, (name, key)
+
+
+def test_adaptive_resampling_reports_its_work():
+    prior, truth, known, mask = _problem(lengthscales=(2.5, 3.0))
+    sig = _sigmas(ip.VE, 20)
+    x, _ = _start(ip.VE, sig, known, 8)
+    stats = {}
+    ip.sample_repaint(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, schedule="adaptive",
+                      adaptive_every=4, adaptive_length=3, adaptive_u_min=2, adaptive_u_max=4, stats=stats,
+                      generator=torch.Generator().manual_seed(0))
+    # triggers at steps 4, 8, 12 (first 60 % of 20); each runs 1..3 resamplings of 3 model steps
+    assert 3 <= stats["resamplings"] <= 9
+    assert stats["nfe"] == 20 + 3 * stats["resamplings"]
+    assert stats["nfe"] <= ip.expected_nfe("repaint", 20, schedule="adaptive", adaptive_every=4, adaptive_length=3,
+                                           adaptive_u_max=4)
+    assert stats["accepted"] >= 3 * 8  # the u_min rule keeps the first candidate of every trigger
+
+
+def test_ddnm_plus_reduces_to_ddnm_and_differs_with_measurement_noise():
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 12)
+    x, _ = _start(ip.VE, sig, known, 3)
+    run = lambda sy: ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, sigma_y=sy,
+                                    travel_length=3, travel_repeat=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(0.0), run(1e-9))
+    assert not torch.allclose(run(0.0), run(0.3), atol=1e-3)
