@@ -439,3 +439,18 @@ def test_ddnm_plus_reduces_to_ddnm_and_differs_with_measurement_noise():
                                     travel_length=3, travel_repeat=2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(run(0.0), run(1e-9))
     assert not torch.allclose(run(0.0), run(0.3), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["repaint", "ddnm", "diffpir", "pigdm", "mcg"])
+def test_split_sigmas_end_with_the_known_latent_at_that_level(name):
+    """SIGMAS that stop at σ > 0 (SplitSigmas) hand on α·y + s·n in the known region, not a clean y."""
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 24)[:13]
+    last = float(sig[-1])
+    x, _ = _start(ip.VE, sig, known, 64)
+    out = ip.SAMPLERS[name](prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE,
+                            generator=torch.Generator().manual_seed(0), **ALL[name])
+    k = (mask == 0).expand_as(out)
+    resid = (out - known)[k]
+    assert float(resid.std()) == pytest.approx(last, rel=0.05)
+    assert abs(float(resid.mean())) < 4 * last / math.sqrt(resid.numel())

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .common import paste_known, prepare, report
+from .common import finish, prepare, report
 from .schedule import jump_transitions
 from .space import NoiseSpace
 
@@ -81,4 +81,4 @@ def sample_ddnm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             x = x + draw(s, s_next) * (gamma * eta)
     if stats is not None:
         stats.update(nfe=nfe)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)

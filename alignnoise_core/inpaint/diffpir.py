@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .common import paste_known, prepare, report
+from .common import finish, prepare, report
 from .space import NoiseSpace
 
 
@@ -66,4 +66,4 @@ def sample_diffpir(model, x, sigmas, extra_args=None, callback=None, disable=Non
         x = space.mix_step(x0_hat, space.eps(x, x0_hat, s), s_next, fresh, lambda: draw(s, s_next))
     if stats is not None:
         stats.update(nfe=n_steps)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from .common import paste_known, prepare, report
+from .common import finish, prepare, report
 from .space import NoiseSpace
 
 
@@ -84,7 +84,7 @@ def sample_pigdm(model, x, sigmas, extra_args=None, callback=None, disable=None,
         x = x_new + grad * m * (weight * space.alpha(s) * space.alpha(s_next))
     if stats is not None:
         stats.update(nfe=n_steps, vjp=n_steps)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)
 
 
 @torch.no_grad()
@@ -114,4 +114,4 @@ def sample_mcg(model, x, sigmas, extra_args=None, callback=None, disable=None, *
             x = x * m_next + space.noise_known(y, s_next, draw(s, s_next)) * (1 - m_next)
     if stats is not None:
         stats.update(nfe=n_steps, vjp=n_steps)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)

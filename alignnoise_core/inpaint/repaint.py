@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .common import known_residual, paste_known, prepare, report
+from .common import finish, known_residual, prepare, report
 from .schedule import check_jump_fits, jump_transitions
 from .space import NoiseSpace
 
@@ -79,7 +79,7 @@ def sample_replacement(model, x, sigmas, extra_args=None, callback=None, disable
         x = run.down(x, i, inject=i > 0)
     if stats is not None:
         stats.update(nfe=run.nfe)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)
 
 
 @torch.no_grad()
@@ -144,7 +144,7 @@ def sample_repaint(model, x, sigmas, extra_args=None, callback=None, disable=Non
             stats.update(nfe=run.nfe, resamplings=resamplings, accepted=accepted)
     else:
         raise ValueError(f"schedule must be 'fixed' or 'adaptive', got {schedule!r}.")
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)
 
 
 def _adaptive(run: _Descent, x, n, y, m, length, u_min, u_max):
