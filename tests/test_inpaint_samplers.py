@@ -454,3 +454,17 @@ def test_split_sigmas_end_with_the_known_latent_at_that_level(name):
     resid = (out - known)[k]
     assert float(resid.std()) == pytest.approx(last, rel=0.05)
     assert abs(float(resid.mean())) < 4 * last / math.sqrt(resid.numel())
+
+
+@pytest.mark.parametrize("name", ["pigdm", "mcg"])
+def test_gradient_methods_run_under_inference_mode(name):
+    """ComfyUI runs nodes under torch.inference_mode(): the VJP must still work (inputs made inside it)."""
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 8)
+    x, _ = _start(ip.VE, sig, known, 2)
+    run = lambda xx, kk, mm: ip.SAMPLERS[name](prior.model(ip.VE), xx, sig, known=kk, mask=mm, space=ip.VE,
+                                               generator=torch.Generator().manual_seed(0))
+    want = run(x, known, mask)
+    with torch.inference_mode():
+        got = run(x.clone(), known.clone(), mask.clone())
+    assert torch.equal(got, want)

@@ -1,7 +1,7 @@
 """Gradient-guided inpainting: ΠGDM (Song et al., ICLR 2023) and MCG (Chung et al., NeurIPS 2022).
 
-Both take one vector-Jacobian product through the model per step: inside ``torch.enable_grad()`` the
-state is a fresh leaf ``x.detach().clone().requires_grad_(True)``, ``x0 = model(x_leaf, σ)``, and
+Both take one vector-Jacobian product through the model per step: inside
+``torch.inference_mode(False)`` and ``torch.enable_grad()`` the state is a fresh leaf ``x.detach().clone().requires_grad_(True)``, ``x0 = model(x_leaf, σ)``, and
 ``torch.autograd.grad`` gives the gradient (the host makes the model differentiable; its weights need
 no grad and nothing is kept on them).
 
@@ -50,12 +50,16 @@ from .common import finish, prepare, report
 from .space import NoiseSpace
 
 
-def _vjp(model, x, sigma, extra_args, weight_fn):
-    """x0 = model(x) and ∇_x of ``weight_fn(x0)`` (a scalar), through one backward pass."""
-    with torch.enable_grad():
+def _vjp(model, x, sigma, extra_args, weight_fn, keep):
+    """x0 = model(x) and ∇_x of ``weight_fn(x0, keep)`` (a scalar), through one backward pass.
+
+    Runs outside ``inference_mode`` (ComfyUI runs nodes inside it): the leaf, ``keep`` and ``sigma``
+    are cloned there so no inference tensor is saved for backward (the model's own weights are the
+    host's business)."""
+    with torch.inference_mode(False), torch.enable_grad():
         x_req = x.detach().clone().requires_grad_(True)
-        x0 = model(x_req, sigma, **extra_args)
-        grad, = torch.autograd.grad(weight_fn(x0), x_req)
+        x0 = model(x_req, sigma.clone(), **extra_args)
+        grad, = torch.autograd.grad(weight_fn(x0, keep.clone()), x_req)
     return x0.detach(), grad.detach()
 
 
@@ -76,7 +80,7 @@ def sample_pigdm(model, x, sigmas, extra_args=None, callback=None, disable=None,
         s, s_next = sigmas[i], sigmas[i + 1]
         m = masks.at(s)
         keep = 1 - m
-        x0, grad = _vjp(model, x, s * s_in, extra_args, lambda z: ((keep * (y - z)).detach() * z).sum())
+        x0, grad = _vjp(model, x, s * s_in, extra_args, lambda z, k: ((k * (y.clone() - z)).detach() * z).sum(), keep)
         report(callback, i, x, s, x0)
         eps = space.eps(x, x0, s)
         x0_hat = x0 + (y - x0) * keep
@@ -103,7 +107,7 @@ def sample_mcg(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     for i in range(n_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         keep = 1 - masks.at(s)
-        x0, grad = _vjp(model, x, s * s_in, extra_args, lambda z: (keep * (y - z)).pow(2).sum())
+        x0, grad = _vjp(model, x, s * s_in, extra_args, lambda z, k: (k * (y.clone() - z)).pow(2).sum(), keep)
         report(callback, i, x, s, x0)
         x = space.ddim_step(x, x0, s, s_next, eta, lambda: draw(s, s_next))
         if step:
