@@ -6,14 +6,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..validation import require_finite as _finite
 from .space import NoiseSpace
-
-
-def _finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{what} contains {bad} NaN or Inf value(s); fix the node that produced it "
-                         f"(e.g. a VAE overflow in float16) or re-run it in float32.")
 
 
 def validate(x: torch.Tensor, sigmas: torch.Tensor, known: torch.Tensor, mask: torch.Tensor,
@@ -21,7 +15,8 @@ def validate(x: torch.Tensor, sigmas: torch.Tensor, known: torch.Tensor, mask: t
     """Check the sampler inputs before any model call; return the mask as a float tensor shaped like ``x``.
 
     Raises ``ValueError`` naming the input on: NaN/Inf in the latent, known latent or mask; a known
-    latent or mask that does not broadcast to the latent (batch 1 broadcasts); mask values outside
+    latent or mask that does not broadcast to the latent (batch 1 broadcasts; ComfyUI's ``denoise_mask``
+    is already [B, C, H, W] at latent size, so ``validation.mask_bhw`` does not apply); mask values outside
     [0, 1]; a mask with nothing to generate (all zeros) or nothing known (all ones); SIGMAS with
     fewer than two levels or not descending.
     """
