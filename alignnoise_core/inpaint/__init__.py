@@ -40,7 +40,8 @@ API (every sampler)::
   ``accepted``).
 * :func:`validate` (called by every sampler before any model call; the host may call it earlier)
   raises ``ValueError`` naming the bad input: NaN/Inf, shape mismatch, all-ones / all-zeros mask,
-  SIGMAS too short for the jump length.
+  non-descending SIGMAS. SIGMAS too short for a jump length are refused by the RePaint / DDNM entry
+  points, also before any model call (``schedule.check_jump_fits`` for an earlier check).
 
 Methods: :func:`sample_repaint` (``schedule="fixed" | "adaptive"``, ``step_fn`` hook for any
 descending step), :func:`sample_ddnm`, :func:`sample_diffpir`, :func:`sample_pigdm`,
