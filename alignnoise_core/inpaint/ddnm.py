@@ -19,9 +19,11 @@ one), as the reference does.
 Soft masks: (1−m) weights the correction (m = 0.3 moves x0 70 % of the way to y).
 
 Fix (documented deviation): the reference's simplified path uses ``sigma_t = √(1 − ᾱ_next²)`` (ᾱ
-squared) as γ_t on top of c1, c2 = √(1−ᾱ_next)·(η, √(1−η²)), which under-scales the noise (a 1-D
-Gaussian toy ends with variance 0.024 instead of 0.36). Here the noise scale is the full s_next, the
-standard DDIM-style form the reference's comment intends.
+squared) as γ_t on top of c1, c2 = √(1−ᾱ_next)·(η, √(1−η²)), which under-scales the noise:
+measured on a unit-variance independent toy with SD1.5's schedule (η = 0.85), the generated cell
+ends with variance 0.14 at 50 steps and 0.09 at 100 steps, against 0.72 / 0.71 here (the η-mix's own
+dense-step limit is (1+√(1−η²))/2 = 0.763). Here the noise scale is the full s_next, the standard
+DDIM-style form the reference's comment intends.
 """
 
 from __future__ import annotations
