@@ -233,6 +233,52 @@ def test_diffpir_small_sigma_n_is_a_hard_x0_paste(space):
     assert torch.allclose(got, want, atol=1e-6)
 
 
+# -- RePaint's resampling fixed point ---------------------------------------------------------------------
+
+def _noisy_known_conditional(prior, y, gen, a, s):
+    """Mean and variance of x_t^U given x_t^K = α·y for x_t = α·x0 + s·ε (one channel, dense)."""
+    unk = gen.reshape(-1) > 0.5
+    k, u = (~unk).nonzero().view(-1), unk.nonzero().view(-1)
+    cov = a * a * prior.covariance(0) + s * s * torch.eye(unk.numel(), dtype=torch.float64)
+    mu = a * prior.mean[0].reshape(-1)
+    gain = torch.linalg.solve(cov[k][:, k], cov[k][:, u]).T
+    return mu[u] + gain @ (a * y.reshape(-1)[k].double() - mu[k]), cov[u, u] - (gain * cov[u][:, k]).sum(1)
+
+
+@pytest.mark.parametrize("space, sig, sig_next", [(ip.VE, 1.0, 0.9), (ip.FLOW, 0.5, 0.45)], ids=["VE", "FLOW"])
+def test_repaint_resampling_converges_to_the_noisy_known_conditional(space, sig, sig_next):
+    """Held at one level (j = 1, many cycles), RePaint's inject -> DDPM step -> undo chain with the exact
+    denoiser settles at q(x_t^U | x_t^K = α·y), the law of the unknown cells given the known ones as if
+    the NOISED known value were the clean state at level t; not at q(x_t^U | y). This pins the injection
+    level, the DDPM step and the undo pair (checked by mutation: injecting at σ_next moves the FLOW fixed
+    point, an undo with extra noise both), and it is why RePaint under-uses the known region at high noise."""
+    h = 4
+    prior = GaussianLatentPrior(channels=1, height=h, width=h, lengthscales=(2.0,), variances=(1.0,), means=(0.3,),
+                                dtype=torch.float64)
+    truth = prior.sample(1, torch.Generator().manual_seed(0))
+    gen = torch.zeros(h, h)
+    gen[1:3, 1:3] = 1
+    mu_c, var_c = prior.conditional(truth[0], gen)
+    a, s = space.coeffs(sig)
+    n = 4096
+    x = prior.mean * a + s * torch.randn((n, 1, h, h), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    states = []
+    keep = lambda d: states.append(d["x"]) if abs(float(d["sigma"]) - sig) < 1e-9 else None
+    ip.sample_repaint(prior.model(space), x, torch.tensor([sig, sig_next, 0.0], dtype=torch.float64), callback=keep,
+                      known=truth, mask=gen.view(1, 1, h, h), space=space, jump_length=1, jump_n_sample=60,
+                      generator=torch.Generator().manual_seed(2))
+    assert len(states) == 60  # 59 resamplings at sig, then the final step from sig_next
+    unk = gen.reshape(-1) > 0.5
+    chain = states[-1].reshape(n, -1)[:, unk]  # the state right after the last injection at sig
+    m_noisy, v_noisy = _noisy_known_conditional(prior, truth, gen, a, s)
+    m_true = a * mu_c[0].reshape(-1)[unk]
+    gap = (m_noisy - m_true).norm()
+    mc_floor = float((v_noisy.sum() / n).sqrt() / gap)  # ~0.074
+    assert float((chain.mean(0) - m_noisy).norm() / gap) < 1.6 * mc_floor
+    assert float((chain.mean(0) - m_true).norm() / gap) > 0.8
+    assert float(chain.var(0).mean()) == pytest.approx(float(v_noisy.mean()), rel=0.06)
+
+
 # -- variance anchors of the η-mix samplers (dense steps, 2-cell toy with an independent prior) -------------
 
 @pytest.mark.parametrize("method, kw, factor", [
