@@ -18,16 +18,21 @@ latent); the final result is ``m·x + (1−m)·y``.
 Deviations from the reference: the descending step uses the DDPM posterior variance β̃ (ComfyUI's
 ``ddpm``), not a learned variance (ComfyUI models have none); the known latent is pasted at the end
 (the reference saves the raw sample). The walk runs over the host's SIGMAS (50 steps in the node
-defaults) instead of 250 respaced DDPM steps, so j = 10 spans a fifth of the trajectory.
+defaults) instead of 250 respaced DDPM steps, so the default j = 5 spans a tenth of the trajectory (the
+paper's j = 10 of 250: a 25th).
 
-Measured on the exact Gaussian model (``bench/bench_inpaint_exact.py``, 50 steps): RePaint mixes
-slowly. The conditional-mean error falls with r (VE hole: r = 3 / 5 / 10 / 25 give 0.26 / 0.22 /
-0.16 / 0.13 at 130 / 210 / 410 / 1010 NFE, the built-in ddpm inpainting 0.37), and the generated
-region keeps too much variance (ratio 2.6 / 2.2 / 1.8 / 1.6). The adaptive schedule at its defaults is
-worse than the fixed one at similar cost (0.33 at ≤ 200 NFE, 30 resamplings). The cause is the
-paper's early-phase restriction, not the accept rule: keeping every candidate (no averaging, no
-selection) gives 0.32, and the same rule over the whole descent 0.25 (275 NFE); on this model
-resampling at high noise levels does little, RePaint's fixed jumps act at low and middle levels.
+Measured on the exact Gaussian model (``bench/bench_inpaint_exact.py``, 50 steps; sweep and diagnosis in
+``bench/inpaint_exact_results.md``): RePaint's resampling chain does not target the posterior. Held at
+one level, inject -> DDPM step -> undo converges to q(x_t^U | x_t^K = α·y), the unknown cells given the
+noised known ones taken as the clean state at level t, instead of q(x_t^U | y) (tested): the known
+region's information is attenuated by the level's noise, so what is decided at high noise keeps a bias
+and too much variance, removed only by many cycles at low noise. The error falls with r and hardly with
+j or the step count (NFE ≈ r × steps): VE hole / border, 50 steps, j = 10: r = 5 gives 0.22 / 0.57
+(variance ratio 2.2 / 2.0, 210 NFE), r = 10 0.16 / 0.46 (410), j = 5, r = 10 0.15 / 0.45 (1.7, 455),
+j = 5, r = 20 0.12 / 0.38 (1.4, 905); the built-in ddpm inpainting 0.37 / 0.78. The adaptive schedule
+at its defaults is worse than the fixed one at similar cost (0.33 at <= 200 NFE, 30 resamplings): its
+early-phase restriction resamples where the fixed point is worst (the same rule over the whole descent
+gives 0.25 at 275 NFE).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def sample_replacement(model, x, sigmas, extra_args=None, callback=None, disable
 @torch.no_grad()
 def sample_repaint(model, x, sigmas, extra_args=None, callback=None, disable=None, *, known, mask,
                    space: NoiseSpace, generator=None, noise_sampler=None, mask_fn=None, stats=None,
-                   jump_length: int = 10, jump_n_sample: int = 5, schedule: str = "fixed",
+                   jump_length: int = 5, jump_n_sample: int = 10, schedule: str = "fixed",
                    eta: float = 1.0, step_fn: Optional[Callable] = None,
                    adaptive_every: int = 5, adaptive_length: int = 5, adaptive_u_min: int = 3,
                    adaptive_u_max: int = 6, adaptive_phase: float = 0.6):
