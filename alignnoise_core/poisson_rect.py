@@ -79,6 +79,18 @@ def _basis(n: int, kind: str, device, dtype):
     return phi.to(device, dtype), lam.to(device, dtype)
 
 
+def _forward(f: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """``Φ_yᵀ f Φ_x``, touching only the rows or columns where ``f`` is non-zero: with Poisson cloning the
+    right-hand side lives on the cells next to the known rectangle (one row or one column)."""
+    flat = f.reshape(-1, *f.shape[-2:]) != 0
+    rows = flat.any(-1).any(0).nonzero().flatten()
+    cols = flat.any(-2).any(0).nonzero().flatten()
+    ny, nx = f.shape[-2:]
+    if rows.numel() * nx <= cols.numel() * ny:
+        return py[rows].T @ (f[..., rows, :] @ px)
+    return (py.T @ f[..., cols]) @ px[cols]
+
+
 class _Rect:
     """One subdomain: rows ``[y0, y1)`` × cols ``[x0, x1)`` with its per-axis boundary kinds."""
 
@@ -160,7 +172,7 @@ class RectComplementPoisson:
         for rect_ in self.rects:
             py, ly, px, lx = self._eig(rect_, dt)
             f = b[..., rect_.y0:rect_.y1, rect_.x0:rect_.x1]
-            Y = (py.T @ f @ px) / (ly[:, None] + lx[None, :])
+            Y = _forward(f, py, px) / (ly[:, None] + lx[None, :])
             spectra.append((rect_, py, px, ly, lx, Y))
             for a, ia, ca in rect_.couplings:
                 gamma_rhs[..., ia] += ((py[a] @ Y) @ px[ca].T).double()
