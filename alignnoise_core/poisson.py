@@ -37,8 +37,9 @@ COARSEST = 16          # the coarsest grid side (at most COARSEST² cells per im
 
 def neighbour_sum(u: torch.Tensor) -> torch.Tensor:
     """Σ of the 4 on-canvas neighbours of every cell of ``[..., H, W]`` (off-canvas ones are absent)."""
-    s = torch.zeros_like(u)
-    s[..., 1:, :] += u[..., :-1, :]
+    s = torch.empty_like(u)
+    s[..., 1:, :] = u[..., :-1, :]
+    s[..., :1, :] = 0
     s[..., :-1, :] += u[..., 1:, :]
     s[..., :, 1:] += u[..., :, :-1]
     s[..., :, :-1] += u[..., :, 1:]

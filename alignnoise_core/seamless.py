@@ -48,10 +48,12 @@ _RECT_CACHE: "collections.OrderedDict[tuple, poisson_rect.RectComplementPoisson]
 
 
 def _require_finite(x: torch.Tensor, what: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    # one summing pass first (NaN/Inf propagate into the sum); count only when it is not finite
+    if x.is_floating_point() and not bool(torch.isfinite(x.sum())):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{what} contains {bad} NaN or Inf value(s); fix the node that produced it before "
-                         f"compositing.")
+        if bad:
+            raise ValueError(f"{what} contains {bad} NaN or Inf value(s); fix the node that produced it before "
+                             f"compositing.")
 
 
 def _check_inputs(destination, source, mask, method, band):
@@ -174,8 +176,8 @@ def seamless_composite(destination: torch.Tensor, source: torch.Tensor, mask: to
     m, B, colours = _check_inputs(destination, source, mask, method, band)
     device = destination.device
     dst_full = destination.to(torch.float32).expand(B, -1, -1, -1)
-    dst = dst_full[..., :colours].movedim(-1, 1).to(dtype)
-    src = source.to(device, torch.float32).expand(B, -1, -1, -1)[..., :colours].movedim(-1, 1).to(dtype)
+    dst = dst_full[..., :colours].movedim(-1, 1).to(dtype).contiguous()
+    src = source.to(device, torch.float32).expand(B, -1, -1, -1)[..., :colours].movedim(-1, 1).to(dtype).contiguous()
     alpha = m.to(device, dtype).clamp(0, 1).expand(B, -1, -1).unsqueeze(1)
     if band > 0:
         k = 2 * int(band) + 1
@@ -192,32 +194,38 @@ def seamless_composite(destination: torch.Tensor, source: torch.Tensor, mask: to
                                  f"the source is composited without correction")
     # Items without any known pixel have no boundary: they keep c = 0 (solve nothing for them).
     solve_set = unknown & ~full.view(B, 1, 1, 1)
-    correction = torch.zeros_like(src)
-    known = (~unknown).to(dtype)
-    if method in ("poisson", "mixed") and bool(solve_set.any()):
-        rhs = poisson.neighbour_sum((dst - src) * known)
+    active = solve_set.flatten(1).any(1)
+    correction = None
+    if method in ("poisson", "mixed") and bool(active.any()):
+        rhs = poisson.neighbour_sum(torch.where(unknown, 0.0, dst - src))
         if method == "mixed":
             rhs = rhs + mixed_guidance_rhs(dst, src)
-        rhs = rhs * solve_set
-        active = solve_set.flatten(1).any(1)
-        idx = active.nonzero().flatten()
-        c, solve_info = solve_correction(rhs[idx], solve_set[idx], tol=tol, max_iter=max_iter,
-                                         solver=solver)
-        correction[idx] = c
+        rhs.mul_(solve_set)
+        if bool(active.all()):
+            correction, solve_info = solve_correction(rhs, solve_set, tol=tol, max_iter=max_iter, solver=solver)
+        else:
+            idx = active.nonzero().flatten()
+            c, solve_info = solve_correction(rhs[idx], solve_set[idx], tol=tol, max_iter=max_iter, solver=solver)
+            correction = torch.zeros_like(src)
+            correction[idx] = c
         info.update(solve_info)
-    elif method == "color_match" and bool(solve_set.any()):
+    elif method == "color_match" and bool(active.any()):
         # Best constant over the boundary edges: each known pixel counts once per neighbour in Ω.
+        known = (~unknown).to(dtype)
         weight = poisson.neighbour_sum(solve_set.to(dtype)) * known
         total = weight.sum((-2, -1), keepdim=True)
         offset = ((dst - src) * weight).sum((-2, -1), keepdim=True) / total.clamp_min(1)
         correction = offset * solve_set
         info["solver"] = "mean boundary offset"
-    fixed = src + correction
+    fixed = src if correction is None else src + correction
     if clamp:
         fixed = fixed.clamp(0, 1)
-    blended = alpha * fixed + (1 - alpha) * dst           # ImageCompositeMasked's formula and order
-    out_colour = torch.where(unknown, blended, dst).to(torch.float32).movedim(1, -1)
-    out = torch.cat([out_colour, dst_full[..., colours:]], -1) if dst_full.shape[-1] > colours else out_colour
-    out = out.contiguous()
-    changed = (out != dst_full).any(-1).to(torch.float32)
+    if bool(((alpha == 0) | (alpha == 1)).all()):
+        result = torch.where(unknown, fixed, dst)                    # binary mask: no blend arithmetic
+    else:
+        blended = alpha * fixed + (1 - alpha) * dst                   # ImageCompositeMasked's formula and order
+        result = torch.where(unknown, blended, dst)
+    out = dst_full.clone()
+    out[..., :colours] = result.movedim(1, -1)
+    changed = (unknown[:, 0] & (result != dst).any(1)).to(torch.float32)
     return out, changed, info
