@@ -127,8 +127,8 @@ class MaskedPoisson:
         A = cols.reshape(n, B, n).permute(1, 2, 0)                # [B, n(row), n(col)]
         known = 1 - level.unknown.reshape(B, n)
         A = A + torch.diag_embed(known)
-        return torch.linalg.inv(A.double()).to(level.diag.dtype) * (level.unknown.reshape(B, n, 1) *
-                                                                    level.unknown.reshape(B, 1, n))
+        inverse = torch.linalg.inv(A.cpu().double()).to(level.diag.device, level.diag.dtype)  # CPU: float64 anywhere
+        return inverse * (level.unknown.reshape(B, n, 1) * level.unknown.reshape(B, 1, n))
 
     def apply(self, u: torch.Tensor) -> torch.Tensor:
         """A·u on the finest level (``u`` zero outside the unknown set)."""

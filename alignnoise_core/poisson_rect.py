@@ -153,12 +153,14 @@ class RectComplementPoisson:
         near = ((g_r[:, None] - g_r[None]).abs() + (g_c[:, None] - g_c[None]).abs()) == 1
         diag = ((g_r > 0).double() + (g_r < H - 1).double() + (g_c > 0).double() + (g_c < W - 1).double())
         S = torch.diag(diag) - near.double()
-        S = S.to(self.device)
+        # Small and float64: assembled and factorised on the CPU (also where the device lacks float64, e.g. MPS).
         for rect_ in self.rects:
-            py, ly, px, lx = self._eig(rect_, torch.float64)
+            py, ly = _basis_cpu(rect_.y1 - rect_.y0, rect_.ykind)
+            px, lx = _basis_cpu(rect_.x1 - rect_.x0, rect_.xkind)
             denom = ly[None, :] + lx[:, None]                          # [nx, ny]
-            for a, ia, ca in rect_.couplings:
-                for b, ib, cb in rect_.couplings:
+            couplings = [(a, ia.cpu(), ca.cpu()) for a, ia, ca in rect_.couplings]
+            for a, ia, ca in couplings:
+                for b, ib, cb in couplings:
                     h = ((py[a] * py[b])[None, :] / denom).sum(1)     # [nx]
                     G = (px[ca] * h) @ px[cb].T
                     S[ia[:, None], ib[None, :]] -= G
@@ -171,17 +173,17 @@ class RectComplementPoisson:
         r0, r1, c0, c1 = self.rect
         x[..., r0:r1, c0:c1] = 0          # the rectangles and Γ below cover every other cell
         spectra = []
-        gamma_rhs = b[..., self.g_r, self.g_c].double() if self.gamma else None
+        gamma_rhs = b[..., self.g_r, self.g_c].cpu().double() if self.gamma else None
         for rect_ in self.rects:
             py, ly, px, lx = self._eig(rect_, dt)
             f = b[..., rect_.y0:rect_.y1, rect_.x0:rect_.x1]
             Y = _forward(f, py, px) / (ly[:, None] + lx[None, :])
             spectra.append((rect_, py, px, ly, lx, Y))
             for a, ia, ca in rect_.couplings:
-                gamma_rhs[..., ia] += ((py[a] @ Y) @ px[ca].T).double()
+                gamma_rhs[..., ia.cpu()] += ((py[a] @ Y) @ px[ca].T).cpu().double()
         if self.gamma:
-            c_gamma = torch.cholesky_solve(gamma_rhs.unsqueeze(-1).flatten(0, -3), self._factor)
-            c_gamma = c_gamma.view(gamma_rhs.shape).to(dt)
+            c_gamma = torch.cholesky_solve(gamma_rhs.cpu().unsqueeze(-1).flatten(0, -3), self._factor)
+            c_gamma = c_gamma.view(gamma_rhs.shape).to(b.device, dt)
             x[..., self.g_r, self.g_c] = c_gamma
         for rect_, py, px, ly, lx, Y in spectra:
             for a, ia, ca in rect_.couplings:
