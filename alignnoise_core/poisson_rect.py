@@ -14,7 +14,7 @@ Decomposition", 1996, ch. 4)::
 On each rectangle the operator is separable: ``A = L_y ⊗ I + I ⊗ L_x`` where each 1-D factor is the
 tridiagonal Laplacian with a Neumann (canvas edge) or Dirichlet (known or interface cell) end, whose
 eigenvectors are known cosines/sines (DCT-II, quarter-wave DCT, DST-I). A rectangle solve is
-``Φ_y · ((Φ_yᵀ f Φ_x) / (λ_y + λ_x)) · Φ_xᵀ``: four dense matmuls. The Γ unknowns (``2·(c0 + W − c1)``
+``Φ_y · ((Φ_yᵀ f Φ_x) / (λ_y + λ_x)) · Φ_xᵀ`` (long cosine/sine axes as FFTs, short ones as matmuls). The Γ unknowns (``2·(c0 + W − c1)``
 at most) couple through the Schur complement ``S = A_ΓΓ − Σ_D E_Dᵀ A_DD⁻¹ E_D``, assembled once per
 geometry from the same eigenpairs and Cholesky-factorised in float64. The result is the exact discrete
 solution up to float rounding (one refinement step brings the residual to float32 level).
@@ -80,7 +80,54 @@ def _basis(n: int, kind: str, device, dtype):
     return phi.to(device, dtype), lam.to(device, dtype)
 
 
-def _forward(f: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+FFT_MIN = 64   # from this length on, the cosine (NN) and sine (DD) transforms run as FFTs instead of matmuls
+
+
+def _weights(n: int, device, dtype) -> torch.Tensor:
+    w = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
+    w[0] = math.sqrt(1.0 / n)
+    return w.to(device, dtype)
+
+
+def _dct_analysis(f: torch.Tensor) -> torch.Tensor:
+    """``F_k = Σ_i f_i Φ[i, k]`` along the last dim, Φ the orthonormal DCT-II columns (length-2n FFT)."""
+    n = f.shape[-1]
+    k = torch.arange(n, device=f.device, dtype=torch.float64)
+    twiddle = torch.polar(_weights(n, f.device, torch.float64), -math.pi * k / (2 * n)).to(
+        torch.complex64 if f.dtype == torch.float32 else torch.complex128)
+    return (torch.fft.rfft(f, n=2 * n, dim=-1)[..., :n] * twiddle).real
+
+
+def _dct_synthesis(y: torch.Tensor) -> torch.Tensor:
+    """``f_i = Σ_k Φ[i, k] y_k`` along the last dim (the transpose of :func:`_dct_analysis`)."""
+    n = y.shape[-1]
+    k = torch.arange(n, device=y.device, dtype=torch.float64)
+    twiddle = torch.polar(_weights(n, y.device, torch.float64), math.pi * k / (2 * n)).to(
+        torch.complex64 if y.dtype == torch.float32 else torch.complex128)
+    X = y * twiddle
+    X[..., 0] *= 2
+    X = torch.cat([X, torch.zeros_like(X[..., :1])], -1)
+    return torch.fft.irfft(X, n=2 * n, dim=-1)[..., :n] * n
+
+
+def _dst(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_i x_i Φ[i, k]`` along the last dim, Φ the orthonormal DST-I (symmetric: its own inverse)."""
+    n = x.shape[-1]
+    a = torch.cat([torch.zeros_like(x[..., :1]), x], -1)
+    return -torch.fft.rfft(a, n=2 * (n + 1), dim=-1)[..., 1:n + 1].imag * math.sqrt(2.0 / (n + 1))
+
+
+def _transform(x: torch.Tensor, dim: int, kind: str, phi: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """Analysis (``Φᵀ``) or synthesis (``Φ``) along ``dim`` (-1 or -2): FFT for long NN/DD axes, else matmul."""
+    n = x.shape[dim]
+    if n >= FFT_MIN and kind in ("NN", "DD"):
+        fn = _dst if kind == "DD" else (_dct_synthesis if inverse else _dct_analysis)
+        return fn(x.transpose(-1, -2)).transpose(-1, -2) if dim == -2 else fn(x)
+    m = phi if inverse else phi.T
+    return m @ x if dim == -2 else x @ m.T
+
+
+def _forward(f: torch.Tensor, rect_: "_Rect", py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
     """``Φ_yᵀ f Φ_x``, touching only the rows or columns where ``f`` is non-zero: with Poisson cloning the
     right-hand side lives on the cells next to the known rectangle (one row or one column)."""
     flat = f.reshape(-1, *f.shape[-2:]) != 0
@@ -88,8 +135,8 @@ def _forward(f: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tenso
     cols = flat.any(-2).any(0).nonzero().flatten()
     ny, nx = f.shape[-2:]
     if rows.numel() * nx <= cols.numel() * ny:
-        return py[rows].T @ (f[..., rows, :] @ px)
-    return (py.T @ f[..., cols]) @ px[cols]
+        return py[rows].T @ _transform(f[..., rows, :], -1, rect_.xkind, px, inverse=False)
+    return _transform(f[..., cols], -2, rect_.ykind, py, inverse=False) @ px[cols]
 
 
 class _Rect:
@@ -177,7 +224,7 @@ class RectComplementPoisson:
         for rect_ in self.rects:
             py, ly, px, lx = self._eig(rect_, dt)
             f = b[..., rect_.y0:rect_.y1, rect_.x0:rect_.x1]
-            Y = _forward(f, py, px) / (ly[:, None] + lx[None, :])
+            Y = _forward(f, rect_, py, px) / (ly[:, None] + lx[None, :])
             spectra.append((rect_, py, px, ly, lx, Y))
             for a, ia, ca in rect_.couplings:
                 gamma_rhs[..., ia.cpu()] += ((py[a] @ Y) @ px[ca].T).cpu().double()
@@ -189,7 +236,8 @@ class RectComplementPoisson:
             for a, ia, ca in rect_.couplings:
                 # Γ values act as Dirichlet data on row a: their spectrum is py[a] ⊗ (c_Γ · px[ca]).
                 Y = Y + (py[a][:, None] * (c_gamma[..., ia] @ px[ca])[..., None, :]) / (ly[:, None] + lx[None, :])
-            x[..., rect_.y0:rect_.y1, rect_.x0:rect_.x1] = py @ Y @ px.T
+            Y = _transform(Y, -2, rect_.ykind, py, inverse=True)
+            x[..., rect_.y0:rect_.y1, rect_.x0:rect_.x1] = _transform(Y, -1, rect_.xkind, px, inverse=True)
         return x
 
     def solve(self, b: torch.Tensor, tol: float = 1e-5, max_iter: int = 3, apply=None):

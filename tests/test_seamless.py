@@ -107,10 +107,12 @@ def test_outpaint_strip_cosine_offset_closed_form(solver):
     assert got[:, -1].abs().max() < got[:, 0].abs().max()   # it does decay towards the far border
 
 
-@pytest.mark.parametrize("rect", [(5, 30, 7, 40), (0, 30, 0, 53), (10, 37, 12, 53), (5, 6, 7, 40), (5, 7, 7, 40),
-                                  (0, 37, 20, 30), (3, 30, 0, 40)])
-def test_direct_solver_matches_multigrid(rect):
-    H, W = 37, 53
+@pytest.mark.parametrize("size,rect", [((37, 53), r) for r in [(5, 30, 7, 40), (0, 30, 0, 53), (10, 37, 12, 53),
+                                                                  (5, 6, 7, 40), (5, 7, 7, 40), (0, 37, 20, 30),
+                                                                  (3, 30, 0, 40)]]
+                         + [((150, 131), (70, 140, 9, 120)), ((150, 131), (4, 146, 3, 128))])   # FFT axes too
+def test_direct_solver_matches_multigrid(size, rect):
+    H, W = size
     U = torch.ones(1, 1, H, W, dtype=torch.bool)
     r0, r1, c0, c1 = rect
     U[..., r0:r1, c0:c1] = False
