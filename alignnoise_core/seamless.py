@@ -36,7 +36,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import poisson, poisson_rect
+from . import poisson, poisson_rect, validation
 
 log = logging.getLogger("alignnoise")
 
@@ -48,12 +48,9 @@ _RECT_CACHE: "collections.OrderedDict[tuple, poisson_rect.RectComplementPoisson]
 
 
 def _require_finite(x: torch.Tensor, what: str) -> None:
-    # one summing pass first (NaN/Inf propagate into the sum); count only when it is not finite
+    # One summing pass first (NaN/Inf propagate into the sum); the full check only when it is not finite.
     if x.is_floating_point() and not bool(torch.isfinite(x.sum())):
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise ValueError(f"{what} contains {bad} NaN or Inf value(s); fix the node that produced it before "
-                             f"compositing.")
+        validation.require_finite(x, what)
 
 
 def _check_inputs(destination, source, mask, method, band):
@@ -65,15 +62,11 @@ def _check_inputs(destination, source, mask, method, band):
         if not torch.is_tensor(img) or img.ndim != 4 or not 1 <= img.shape[-1] <= 4:
             shape = tuple(img.shape) if torch.is_tensor(img) else type(img).__name__
             raise ValueError(f"'{name}' must be an IMAGE [B,H,W,C] with 1-4 channels, got {shape}.")
-    if not torch.is_tensor(mask) or mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
-        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"'mask' must be a MASK [B,H,W] (or [H,W]), got {shape}.")
-    m = mask.reshape(-1, *mask.shape[-2:])
     H, W = destination.shape[1:3]
-    for name, (h, w) in (("source", source.shape[1:3]), ("mask", m.shape[-2:])):
-        if (h, w) != (H, W):
-            raise ValueError(f"'{name}' is {w}x{h} but 'destination' is {W}x{H}; resize it first (e.g. ImageScale "
-                             f"or a mask resize) so that all three inputs have the same size.")
+    if tuple(source.shape[1:3]) != (H, W):
+        raise ValueError(f"'source' is {source.shape[2]}x{source.shape[1]} but 'destination' is {W}x{H}; resize it "
+                         f"first (e.g. ImageScale) so that all three inputs have the same size.")
+    m = validation.mask_bhw(mask, None, H, W, "mask")
     batches = {"destination": destination.shape[0], "source": source.shape[0], "mask": m.shape[0]}
     B = max(batches.values())
     wrong = [f"'{k}' has {v}" for k, v in batches.items() if v not in (1, B)]
@@ -84,7 +77,7 @@ def _check_inputs(destination, source, mask, method, band):
     if source.shape[-1] < colours:
         raise ValueError(f"'source' has {source.shape[-1]} channel(s) but 'destination' has {colours} colour "
                          f"channel(s).")
-    for name, x in (("destination", destination), ("source", source), ("mask", m)):
+    for name, x in (("destination", destination), ("source", source)):
         _require_finite(x, f"'{name}'")
     return m, B, colours
 
@@ -144,6 +137,19 @@ def mixed_guidance_rhs(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         out.narrow(dim, 0, n - 1).sub_(extra)   # p = lower cell: v_pq − (g_p − g_q) = −(extra of edge)
         out.narrow(dim, 1, n - 1).add_(extra)   # p = upper cell
     return out
+
+
+def paste(original: torch.Tensor, generated: torch.Tensor, mask: torch.Tensor, blend: str = "alpha") -> torch.Tensor:
+    """Paste-back of a generation ``[H, W, C]`` over the ``original`` where ``mask`` ``[H, W]`` (1 = generated).
+
+    ``alpha``: ``lerp(original, generated, mask)``, exactly the original where mask == 0 and the generation
+    where mask == 1 (the pack's long-standing paste-back); ``poisson`` / ``color_match``: the generation's
+    colours are first matched to the original at the seam (:func:`seamless_composite`, clamped to 0..1).
+    """
+    if blend == "alpha":
+        return torch.lerp(original, generated, mask.clamp(0, 1)[..., None])
+    out, _, _ = seamless_composite(original[None], generated[None], mask[None], method=blend, clamp=True)
+    return out[0]
 
 
 def seamless_composite(destination: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,

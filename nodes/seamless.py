@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import seamless
+from alignnoise_core import seamless
 
 log = logging.getLogger("alignnoise")
 
