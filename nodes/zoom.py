@@ -153,7 +153,7 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
                 choice("alignnoise", options.ZOOM_ALIGNNOISE, tooltip="AlignNoise for every outpaint: stage 1 optimises the initial noise (attention "
                                        "balance, slower), stage 2 samples twice with frequency-refined noise."),
                 number("balance_iterations", options.BALANCE_ITERATIONS, tooltip="AlignNoise stage 1 only: noise optimisation iterations per outpaint."),
-                choice("paste_blend", options.PASTE_BLEND,
+                choice("paste_blend", options.PASTE_BLEND, optional=True,   # optional: saved API prompts stay valid
                        tooltip="How the known centre is pasted back over each generated keyframe: alpha (plain "
                                "feathered blend, as before), poisson (SeamlessComposite: the generated border's "
                                "colours meet the centre exactly at the seam), color_match (one offset per "

@@ -90,5 +90,5 @@ def test_size_mismatch_is_a_clear_error(comfy_env, images):
     prompt, _ = _prompt(images)
     prompt["10"]["inputs"]["width"] = W + 8
     prompt["11"]["inputs"]["width"] = W - 16
-    with pytest.raises(ch.PromptError, match="'mask' is 72x48 but 'destination' is 64x48"):
+    with pytest.raises(ch.PromptError, match="'mask' is 72x48 but the image is 64x48"):
         comfy_env.run_prompt(prompt)
