@@ -118,7 +118,17 @@ def solve_correction(rhs: torch.Tensor, unknown: torch.Tensor, tol: float = DEFA
         x, info = solver.solve(rhs, tol=tol, max_iter=3, apply=apply)
         info["solver"] = "direct (canvas minus rectangle)"
     else:
-        x, info = poisson.MaskedPoisson(unknown, rhs.dtype).solve(rhs, tol=tol, max_iter=max_iter)
+        # Work on the bounding box of Ω plus one known pixel: every box edge that is not the canvas edge
+        # is then a known (Dirichlet) row or column, so the cropped problem is the same problem.
+        rows = unknown.any(0).any(0).any(1).nonzero().flatten()
+        cols = unknown.any(0).any(0).any(0).nonzero().flatten()
+        y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, H)
+        x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, W)
+        box = (..., slice(y0, y1), slice(x0, x1))
+        solver_ = poisson.MaskedPoisson(unknown[box], rhs.dtype)
+        xc, info = solver_.solve(rhs[box], tol=tol, max_iter=max_iter)
+        x = torch.zeros_like(rhs)
+        x[box] = xc
         info["solver"] = "multigrid-preconditioned CG"
     return x, info
 
