@@ -96,12 +96,13 @@ SOLVERS = ("auto", "direct", "multigrid")
 
 
 def solve_correction(rhs: torch.Tensor, unknown: torch.Tensor, tol: float = DEFAULT_TOL,
-                     max_iter: int = DEFAULT_MAX_ITER, solver: str = "auto") -> Tuple[torch.Tensor, Dict]:
+                     max_iter: int = DEFAULT_MAX_ITER, solver: str = "auto", rect=None) -> Tuple[torch.Tensor, Dict]:
     """Solve ``A·c = rhs`` on ``unknown`` (bool ``[B,1,H,W]``, each item with ≥ 1 known pixel).
 
     ``solver="auto"`` picks the direct rectangle-complement solver when every item is the canvas minus
     the same rectangle, else multigrid-preconditioned CG (items with different masks solved together);
-    ``"multigrid"`` forces MGPCG, ``"direct"`` requires the rectangle case.
+    ``"multigrid"`` forces MGPCG, ``"direct"`` requires the rectangle case. ``rect``: the known rectangle,
+    when the caller has already found it.
     """
     H, W = rhs.shape[-2:]
     unknown_f = unknown.to(rhs.dtype)
@@ -110,7 +111,8 @@ def solve_correction(rhs: torch.Tensor, unknown: torch.Tensor, tol: float = DEFA
     def apply(u):
         return poisson.neighbour_sum(u).neg_().addcmul_(diag, u).mul_(unknown_f)
 
-    rect = poisson_rect.known_rectangle(unknown) if solver != "multigrid" else None
+    if rect is None and solver != "multigrid":
+        rect = poisson_rect.known_rectangle(unknown)
     if solver == "direct" and rect is None:
         raise ValueError("the direct solver needs the unknown region to be the canvas minus one rectangle")
     if rect is not None:
@@ -131,6 +133,23 @@ def solve_correction(rhs: torch.Tensor, unknown: torch.Tensor, tol: float = DEFA
         x[box] = xc
         info["solver"] = "multigrid-preconditioned CG"
     return x, info
+
+
+def _rectangle_ring_rhs(dst: torch.Tensor, src: torch.Tensor, rect) -> torch.Tensor:
+    """``neighbour_sum((f* − g)·known)·Ω`` when the known set is one rectangle: every cell of Ω next to it
+    has exactly one known neighbour, across one of the rectangle's four sides."""
+    H, W = dst.shape[-2:]
+    r0, r1, c0, c1 = rect
+    rhs = torch.zeros_like(dst)
+    if r0 > 0:
+        rhs[..., r0 - 1, c0:c1] = dst[..., r0, c0:c1] - src[..., r0, c0:c1]
+    if r1 < H:
+        rhs[..., r1, c0:c1] = dst[..., r1 - 1, c0:c1] - src[..., r1 - 1, c0:c1]
+    if c0 > 0:
+        rhs[..., r0:r1, c0 - 1] = dst[..., r0:r1, c0] - src[..., r0:r1, c0]
+    if c1 < W:
+        rhs[..., r0:r1, c1] = dst[..., r0:r1, c1 - 1] - src[..., r0:r1, c1 - 1]
+    return rhs
 
 
 def mixed_guidance_rhs(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -213,12 +232,17 @@ def seamless_composite(destination: torch.Tensor, source: torch.Tensor, mask: to
     active = solve_set.flatten(1).any(1)
     correction = None
     if method in ("poisson", "mixed") and bool(active.any()):
-        rhs = poisson.neighbour_sum(torch.where(unknown, 0.0, dst - src))
-        if method == "mixed":
-            rhs = rhs + mixed_guidance_rhs(dst, src)
-        rhs.mul_(solve_set)
+        rect = poisson_rect.known_rectangle(solve_set) if solver != "multigrid" and bool(active.all()) else None
+        if method == "poisson" and rect is not None:
+            rhs = _rectangle_ring_rhs(dst, src, rect)      # the same values, from the perimeter only
+        else:
+            rhs = poisson.neighbour_sum(torch.where(unknown, 0.0, dst - src))
+            if method == "mixed":
+                rhs = rhs + mixed_guidance_rhs(dst, src)
+            rhs.mul_(solve_set)
         if bool(active.all()):
-            correction, solve_info = solve_correction(rhs, solve_set, tol=tol, max_iter=max_iter, solver=solver)
+            correction, solve_info = solve_correction(rhs, solve_set, tol=tol, max_iter=max_iter, solver=solver,
+                                                      rect=rect)
         else:
             idx = active.nonzero().flatten()
             c, solve_info = solve_correction(rhs[idx], solve_set[idx], tol=tol, max_iter=max_iter, solver=solver)

@@ -124,6 +124,17 @@ def test_direct_solver_matches_multigrid(size, rect):
     assert (direct - mg).abs().max() <= 1e-9
 
 
+@pytest.mark.parametrize("rect", [(5, 30, 7, 40), (0, 37, 20, 30), (5, 6, 7, 40), (3, 30, 0, 53), (10, 11, 12, 13)])
+def test_ring_rhs_equals_the_generic_right_hand_side(rect):
+    H, W = 37, 53
+    dst, src = rand_image(2, H, W, seed=30).movedim(-1, 1), rand_image(2, H, W, seed=31).movedim(-1, 1)
+    U = torch.ones(1, 1, H, W, dtype=torch.bool)
+    r0, r1, c0, c1 = rect
+    U[..., r0:r1, c0:c1] = False
+    generic = poisson.neighbour_sum(torch.where(U, 0.0, dst - src)) * U
+    assert torch.equal(seamless._rectangle_ring_rhs(dst, src, rect), generic)
+
+
 def test_known_rectangle_rejects_other_shapes():
     U = torch.ones(2, 1, 20, 20, dtype=torch.bool)
     U[:, :, 5:15, 5:15] = False
