@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 import torch.utils.checkpoint
 
+from .autograd_safety import frozen_constants_call
+
 from .balance import AttentionCapture
 
 
@@ -76,7 +78,7 @@ def checkpointed_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
     kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return torch.utils.checkpoint.checkpoint(frozen_constants_call, fn, *args, use_reentrant=False, **kwargs)
 
 
 class AttentionRecorder:
