@@ -101,6 +101,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance scale; 0 or 1 = off (the paper's setting, one UNet call per step)")
     g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help="keep the model's regenerated source region instead of pasting the original pixels back")
+    g.add_argument("--blend", default=o.PASTE_BLEND.default, choices=o.PASTE_BLEND.options,
+                   help=o.PASTE_BLEND.meaning)
 
     g = p.add_argument_group("AlignNoise stage 1: attention balance (optimises the initial noise)")
     g.add_argument("--no-attention-balance", dest="attention_balance", action="store_false",
@@ -256,7 +258,7 @@ def _settings(args):
         balance_threshold=args.balance_threshold, balance_tau=args.balance_tau,
         gradient_checkpointing=args.gradient_checkpointing, frequency_refine=args.frequency_refine, passes=args.passes, filter_type=args.filter,
         cutoff=args.cutoff, order=args.filter_order, fast_sampling=args.fast_sampling,
-        paste_back=args.paste_back,
+        paste_back=args.paste_back, paste_blend=args.blend,
     )
     s.validate()
     return s

@@ -73,3 +73,7 @@ ZOOM_ALIGNNOISE = Choice("off", ("off", "stage 1", "stage 2", "stages 1+2"),
 ZOOM_SCHEDULE = Choice("geometric", zoom.SCHEDULES, "geometric = constant zoom speed; linear = the blog's")
 ZOOM_DIRECTION = Choice("out", zoom.DIRECTIONS, "zoom out or in")
 ZOOM_LOOP = Choice("none", zoom.LOOPS, "ping-pong = play forth and back")
+
+# Paste-back of generated pixels over the known original (zoom keyframes, CLI outpaint).
+PASTE_BLEND = Choice("alpha", zoom.PASTE_BLENDS, "paste-back: alpha = plain feathered blend; poisson / color_match "
+                     "also shift the generated colours to meet the original exactly at the seam")

@@ -12,9 +12,8 @@ geometry and frame interpolation). Control flow (``WHUIR/AlignNoise`` ``pipeline
               sample from z_T'                    (a fresh scheduler instance for every pass)
     decode, paste the source pixels back          (paste_back=True; off in the reference)
 
-Differences from the reference pipeline, on purpose: every pass gets a fresh scheduler (the
-reference keeps stale PNDM state into pass 2), the fresh noise of stage 2
-comes from a seeded generator instead of the global RNG, and the source pixels are pasted back.
+Differences from the reference pipeline, on purpose: every pass gets a fresh scheduler (the reference keeps
+stale PNDM state into pass 2), stage 2's fresh noise is seeded (not the global RNG), the source is pasted back.
 With both stages off, :func:`inpaint` equals ``pipe(...)`` with the same noise (tested).
 
 Python API::
@@ -40,7 +39,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import frequency, options, padding, zoom
+from . import frequency, options, padding, seamless, zoom
 from .diffusers_models import DEFAULT_MODEL, load_inpaint_pipeline  # noqa: F401  (public API)
 from .recipes import alignnoise_passes, zoom_keyframe_loop
 
@@ -76,7 +75,7 @@ class AlignNoiseSettings:
         filter_type, cutoff, order: stage 2 low-pass filter (reference butterworth, d_s 0.25, n 4).
         fast_sampling: coarse-to-fine steps per pass, ``int(steps/passes*(k+1))`` (reference option,
             off by default).
-        paste_back: paste the source pixels over the decoded result (feathered by the mask).
+        paste_back: paste the source pixels over the result (feathered); ``paste_blend`` alpha/poisson/color_match.
     """
 
     steps: int = 50
@@ -97,6 +96,7 @@ class AlignNoiseSettings:
     order: int = options.FILTER_ORDER.default
     fast_sampling: bool = False
     paste_back: bool = True
+    paste_blend: str = options.PASTE_BLEND.default
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting (called before any model work)."""
@@ -112,6 +112,7 @@ class AlignNoiseSettings:
         options.FILTER.check(self.filter_type, "filter")
         options.CUTOFF.check(self.cutoff, "cutoff (d_s)")
         options.FILTER_ORDER.check(self.order, "filter order")
+        options.PASTE_BLEND.check(self.paste_blend, "paste blend")
         if self.fast_sampling and min(self.pass_steps()) < 1:
             raise ValueError(f"fast sampling with {self.steps} steps over {self.n_passes} passes leaves a pass "
                              "with no step; use more steps or fewer passes.")
@@ -339,9 +340,8 @@ def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseS
         decoded = torch.full_like(decoded, -1.0)
     generated = (decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).contiguous()
     out = generated
-    if settings.paste_back:
-        # lerp(src, gen, m): exactly the source where m == 0, the generation where m == 1.
-        out = torch.lerp(image.float().cpu(), generated, mask.float().cpu().clamp(0, 1)[..., None])
+    if settings.paste_back:  # exactly the source where mask == 0 (every blend)
+        out = seamless.paste(image.float().cpu(), generated, mask.float().cpu(), settings.paste_blend)
     seconds["decode"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     return InpaintResult(out, generated, balance, unet_calls, backward_calls, seconds, nsfw_flag)
@@ -473,8 +473,8 @@ def zoom_keyframes(pipe, image: torch.Tensor, steps_out: int, zoom_factor: float
         return res.generated
 
     try:
-        keys = zoom_keyframe_loop(image.float().cpu(), steps_out, zoom_factor, outpaint, overlap=overlap,
-                                  mask_blur=mask_blur, fill=fill, paste_back=settings.paste_back)
+        keys = zoom_keyframe_loop(image.float().cpu(), steps_out, zoom_factor, outpaint, overlap=overlap, mask_blur=mask_blur,
+                                  fill=fill, paste_back=settings.paste_back, blend=settings.paste_blend)
     finally:
         bar.close()
     return torch.stack(keys), results

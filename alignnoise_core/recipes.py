@@ -143,13 +143,15 @@ def alignnoise_passes(host: TwoPassHost, z: torch.Tensor, pass_steps: list, atte
 
 def zoom_keyframe_loop(image: torch.Tensor, steps_out: int, zoom_factor: float,
                        outpaint: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], *, overlap: float = 8.0,
-                       mask_blur: float = 8.0, fill: str = "reflect", paste_back: bool = True) -> list:
+                       mask_blur: float = 8.0, fill: str = "reflect", paste_back: bool = True,
+                       blend: str = "alpha") -> list:
     """Infinite-zoom keyframes on any host.
 
     Keyframe ``K_{k+1}`` is ``K_k`` shrunk by ``zoom_factor`` into the centre of the canvas, the
     border outpainted by ``outpaint(canvas [H,W,C], mask [H,W], k)`` (which returns the generated
     picture ``[H,W,C]`` in 0..1), and the known centre pasted back (exactly inside, feathered across
-    the ``overlap`` band), so colours cannot drift from keyframe to keyframe. The geometry is that of
+    the ``overlap`` band; ``blend`` = ``poisson`` / ``color_match`` first matches the generated border's
+    colours to the centre at the seam), so colours cannot drift from keyframe to keyframe. The geometry is that of
     :func:`.zoom.render_frames`, so keyframes and interpolated frames line up to the sub-pixel.
 
     Returns:
@@ -163,6 +165,6 @@ def zoom_keyframe_loop(image: torch.Tensor, steps_out: int, zoom_factor: float,
     for k in range(steps_out):
         canvas, _ = zoom.shrink_to_center(keys[-1], zoom_factor, fill)
         generated = outpaint(canvas, mask, k)
-        key = zoom.paste_back(generated, canvas, alpha) if paste_back else generated
+        key = zoom.paste_back(generated, canvas, alpha, blend) if paste_back else generated
         keys.append(key.clamp(0.0, 1.0))
     return keys

@@ -38,6 +38,7 @@ import torch
 from .resample import Rect, pixel_bbox, centered_rect, rect_alpha, render_crop, render_scaled
 
 SCHEDULES = ("geometric", "linear")
+PASTE_BLENDS = ("alpha", "poisson", "color_match")   # paste-back of the known centre (alpha = the original)
 DIRECTIONS = ("out", "in")
 LOOPS = ("none", "ping-pong")
 FILTERS = ("bicubic", "bilinear")
@@ -393,10 +394,24 @@ def paste_back_alpha(height: int, width: int, zoom: float, overlap: float = 8.0,
     return rect_alpha(height, width, rect, overlap, dtype=dtype, device=device)
 
 
-def paste_back(generated: torch.Tensor, canvas: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """``generated`` with the known centre of ``canvas`` pasted over it (``[H, W, C]``, alpha ``[H, W]``)."""
-    a = alpha.to(generated.dtype)[..., None]
-    return torch.lerp(generated, canvas.to(generated.dtype), a)  # exactly ``canvas`` where alpha == 1
+def paste_back(generated: torch.Tensor, canvas: torch.Tensor, alpha: torch.Tensor, blend: str = "alpha") -> torch.Tensor:
+    """``generated`` with the known centre of ``canvas`` pasted over it (``[H, W, C]``, alpha ``[H, W]``).
+
+    ``blend``: ``alpha`` lerps by the opacity; ``poisson`` / ``color_match`` first correct the generated
+    border's colours so they meet the known centre exactly at the seam (:mod:`alignnoise_core.seamless`,
+    canvas-minus-rectangle direct solve), then blend the same way. Where ``alpha == 1`` the result is
+    ``canvas`` bit-exact in every mode, so keyframes cannot drift in colour.
+    """
+    if blend == "alpha":
+        a = alpha.to(generated.dtype)[..., None]
+        return torch.lerp(generated, canvas.to(generated.dtype), a)  # exactly ``canvas`` where alpha == 1
+    if blend not in PASTE_BLENDS:
+        raise ValueError(f"paste-back blend must be one of {PASTE_BLENDS}, got {blend!r}.")
+    from . import seamless
+
+    out, _, _ = seamless.seamless_composite(canvas[None].to(generated.dtype), generated[None],
+                                            (1 - alpha.to(generated.dtype))[None], method=blend, clamp=True)
+    return out[0]
 
 
 def check_keyframe_args(height: int, width: int, zoom: float, steps: int, multiple: int = 8) -> None:

@@ -2,10 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, frequency_refine, nmg, outpaint, zoom
+from . import attention_balance, frequency_refine, nmg, outpaint, seamless, zoom
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
+    *seamless.NODES,
     *attention_balance.NODES,
     *frequency_refine.NODES,
     *nmg.NODES,

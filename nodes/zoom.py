@@ -153,6 +153,11 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
                 choice("alignnoise", options.ZOOM_ALIGNNOISE, tooltip="AlignNoise for every outpaint: stage 1 optimises the initial noise (attention "
                                        "balance, slower), stage 2 samples twice with frequency-refined noise."),
                 number("balance_iterations", options.BALANCE_ITERATIONS, tooltip="AlignNoise stage 1 only: noise optimisation iterations per outpaint."),
+                choice("paste_blend", options.PASTE_BLEND, optional=True,   # optional: saved API prompts stay valid
+                       tooltip="How the known centre is pasted back over each generated keyframe: alpha (plain "
+                               "feathered blend, as before), poisson (SeamlessComposite: the generated border's "
+                               "colours meet the centre exactly at the seam), color_match (one offset per "
+                               "channel). The centre stays bit-exact in every mode."),
             ],
             outputs=[
                 io.Image.Output("keyframes", display_name="keyframes",
@@ -165,14 +170,14 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, image, model, positive, negative, vae, zoom_steps=4, zoom_factor=2.0, pad_px=0, seed=0,
                 steps=20, cfg=7.0, sampler_name="euler", scheduler="normal", denoise=1.0, overlap=8, mask_blur=8,
-                fill="reflect", alignnoise="off", balance_iterations=10) -> io.NodeOutput:
+                fill="reflect", alignnoise="off", balance_iterations=10, paste_blend="alpha") -> io.NodeOutput:
         validation.require_image(image, "image")
         zoom = _zoom_factor(image.shape[2], zoom_factor, pad_px)
         zoom_core.check_keyframe_args(image.shape[1], image.shape[2], zoom, zoom_steps)
         keyframes = zoom_host.zoom_outpaint_keyframes(
             model, positive, negative, vae, image, zoom_steps, zoom, seed, steps, cfg, sampler_name, scheduler,
             denoise=denoise, overlap=overlap, mask_blur=mask_blur, fill=fill, alignnoise=alignnoise,
-            balance_iterations=balance_iterations)
+            balance_iterations=balance_iterations, paste_blend=paste_blend)
         return io.NodeOutput(keyframes)
 
 

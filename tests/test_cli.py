@@ -153,6 +153,26 @@ def test_paste_back_switch(pipe, source):
     assert torch.equal(on.image[:, :32], off.image[:, :32])  # the generated border is the same
 
 
+def test_paste_blend_poisson_keeps_source_and_matches_seamless(pipe, source):
+    """--blend poisson: the source stays bit-exact and the result is SeamlessComposite of the same generation."""
+    from alignnoise_core import seamless
+
+    arr, _ = source
+    img = torch.from_numpy(arr).float() / 255
+    s = pipeline.AlignNoiseSettings(steps=2, balance_iterations=2, attention_balance=False, frequency_refine=False)
+    plain = pipeline.outpaint(pipe, img, left=32, right=32, settings=s, feathering=8, progress=False)
+    blended = pipeline.outpaint(pipe, img, left=32, right=32, settings=dataclasses.replace(s, paste_blend="poisson"),
+                                feathering=8, progress=False)
+    assert torch.equal(blended.result.generated, plain.result.generated)   # same sampling, only the paste differs
+    known = blended.mask == 0
+    assert known.any() and torch.equal(blended.image[known], blended.canvas[known])
+    expect = seamless.paste(blended.canvas, blended.result.generated, blended.mask, "poisson")
+    assert torch.equal(blended.image, expect)
+    assert not torch.allclose(blended.image, plain.image, atol=1e-3)
+    with pytest.raises(ValueError, match="paste blend must be one of"):
+        dataclasses.replace(s, paste_blend="median").validate()
+
+
 def test_gradient_checkpointing_same_image(pipe, source, monkeypatch):
     """--gradient-checkpointing reaches stage 1 and changes memory only, not the picture."""
     from alignnoise_core import diffusers_bridge

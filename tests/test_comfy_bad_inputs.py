@@ -64,6 +64,11 @@ def _keyframes(s, image):
     return _node("ZoomOutpaintKeyframes", image, s["model"], s["pos"], s["neg"], None, zoom_steps=1, steps=1)
 
 
+def _seamless(destination, source, mask=None, method="poisson"):
+    mask = torch.ones(1, 16, 16) if mask is None else mask
+    return _node("SeamlessComposite", destination, source, mask, method, 0, True, 1e-6, 100)
+
+
 def _unsupported_model():
     """A fresh tiny UNet whose config class is not an SD1.x/SD2.x/SDXL one (as a Flux/SD3 file reports)."""
     m = ch.tiny_model(4)
@@ -105,6 +110,11 @@ NODE_CASES = {
     "zoom_batch": lambda s: _keyframes(s, torch.rand(2, 64, 64, 3)),
     "zoom_nan": lambda s: _keyframes(s, _nan((1, 64, 64, 3))),
     "zoom_size": lambda s: _keyframes(s, torch.rand(1, 60, 64, 3)),
+    "seamless_nan": lambda s: _seamless(torch.rand(1, 16, 16, 3), _nan((1, 16, 16, 3))),
+    "seamless_size": lambda s: _seamless(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 24, 3)),
+    "seamless_mask_size": lambda s: _seamless(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 3), torch.ones(8, 8)),
+    "seamless_batch": lambda s: _seamless(torch.rand(2, 16, 16, 3), torch.rand(3, 16, 16, 3)),
+    "seamless_method": lambda s: _seamless(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 3), method="laplace"),
     "interp_empty": lambda s: _node("ZoomInterpolate", torch.rand(0, 16, 16, 3)),
     "interp_nan": lambda s: _node("ZoomInterpolate", _nan((2, 16, 16, 3))),
     "interp_zoom": lambda s: _node("ZoomInterpolate", torch.rand(2, 16, 16, 3), zoom_factor=1.0),

@@ -55,6 +55,8 @@ def sd15_inpaint_run(comfy_env):
     extra = {
         "8": _keyframe_node("1", ["4", 0], zoom_steps=1, alignnoise="stages 1+2"),
         "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+        "10": _keyframe_node("1", ["4", 0], paste_blend="poisson"),
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
     }
     return _run_keyframes(comfy_env, "sd15_inpaint", extra)
 
@@ -113,6 +115,18 @@ def test_alignnoise_stages_option_runs_each_outpaint(sd15_inpaint_run):
     keep = Z.paste_back_alpha(H, W, 2.0, overlap=4) == 1.0
     assert torch.equal(aligned[1][keep], plain[1][keep])  # same known centre
     assert not torch.equal(aligned[1], plain[1])  # different (optimised + refined) noise in the border
+
+
+def test_poisson_paste_blend_keeps_the_centre_and_only_recolours_the_border(sd15_inpaint_run):
+    plain = sd15_inpaint_run.outputs("5")[0]
+    blended = sd15_inpaint_run.outputs("10")[0]
+    keep = Z.paste_back_alpha(H, W, 2.0, overlap=4) == 1.0
+    assert torch.equal(blended[0], plain[0])
+    canvas, _ = Z.shrink_to_center(blended[0], 2.0)
+    assert torch.equal(blended[1][keep], canvas[keep])          # no colour drift: the centre is exact
+    assert torch.equal(blended[1][keep], plain[1][keep])
+    assert not torch.equal(blended[1], plain[1])                # the border was colour-corrected
+    assert 0.0 <= float(blended.min()) and float(blended.max()) <= 1.0
 
 
 def test_inpaint_conditioning_equals_core_node(comfy_env):

@@ -51,7 +51,7 @@ def zoom_outpaint_keyframes(model, positive, negative, vae, image: torch.Tensor,
                             seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                             denoise: float = 1.0, overlap: float = 8.0, mask_blur: float = 8.0,
                             fill: str = "reflect", alignnoise: str = "off", balance_iterations: int = 10,
-                            ) -> torch.Tensor:
+                            paste_blend: str = "alpha") -> torch.Tensor:
     """Infinite-zoom keyframes: shrink the previous keyframe into the centre, outpaint the border, paste back.
 
     Each outpaint runs ComfyUI's own sampling: 9-channel inpainting models get
@@ -61,12 +61,15 @@ def zoom_outpaint_keyframes(model, positive, negative, vae, image: torch.Tensor,
         alignnoise: ``off``, or AlignNoise for every outpaint: ``stage 1`` optimises the initial noise
             (attention balance), ``stage 2`` samples twice with frequency-refined noise, ``stages 1+2``.
         balance_iterations: stage-1 optimisation steps.
+        paste_blend: ``alpha`` (feathered paste of the known centre), ``poisson`` or ``color_match``
+            (the generated border's colours matched to the centre at the seam, SeamlessComposite).
 
     Returns:
         IMAGE ``[zoom_steps + 1, H, W, C]``: the start image then each zoomed-out keyframe.
     """
     options.ZOOM_ALIGNNOISE.check(alignnoise, "alignnoise")
     options.ZOOM_FILL.check(fill, "fill")
+    options.PASTE_BLEND.check(paste_blend, "paste_blend")
     validation.require_image(image, "image")
     if image.shape[0] != 1:
         raise ValueError(f"ZoomOutpaintKeyframes takes ONE start image [1,H,W,C], got shape {tuple(image.shape)}; "
@@ -109,5 +112,6 @@ def zoom_outpaint_keyframes(model, positive, negative, vae, image: torch.Tensor,
         return decoded[..., :channels]
 
     start = image[0].detach().to("cpu", torch.float32).clone()
-    keyframes = zoom_keyframe_loop(start, zoom_steps, zoom, outpaint, overlap=overlap, mask_blur=mask_blur, fill=fill)
+    keyframes = zoom_keyframe_loop(start, zoom_steps, zoom, outpaint, overlap=overlap, mask_blur=mask_blur, fill=fill,
+                                   blend=paste_blend)
     return torch.stack(keyframes).to(intermediate_device())
