@@ -100,7 +100,7 @@ def sample_replacement(model, x, sigmas, extra_args=None, callback=None, disable
 @torch.no_grad()
 def sample_repaint(model, x, sigmas, extra_args=None, callback=None, disable=None, *, known, mask,
                    space: NoiseSpace, generator=None, noise_sampler=None, mask_fn=None, stats=None,
-                   jump_length: int = 5, jump_n_sample: int = 10, schedule: str = "fixed",
+                   jump_length: int = 5, jump_n_sample: int = 20, schedule: str = "fixed",
                    eta: float = 1.0, step_fn: Optional[Callable] = None,
                    adaptive_every: int = 5, adaptive_length: int = 5, adaptive_u_min: int = 3,
                    adaptive_u_max: int = 6, adaptive_phase: float = 0.6):
