@@ -205,11 +205,13 @@ class AttentionController:
     Attributes:
         pairs: source/edit pairs per CFG chunk.
         total_steps: number of reverse steps (for the step schedules).
+        maps: the :class:`WordMaps` to record (previews, local blend) or None.
         probe: optional ``probe(event, call, tensor)`` hook (tests, debugging).
     """
 
     pairs: int = 1
     total_steps: int = 1
+    maps: Optional[WordMaps] = None
     probe: Optional[Probe] = None
     step: int = 0  # set by the sampling loop before each Step-B model call
 
@@ -222,7 +224,15 @@ class AttentionController:
         return self.edit(out.clone(), q, k, v, heads, call, attention)
 
     def edit(self, out, q, k, v, heads, call, attention):
+        if call.kind == "cross" and self.records(call):
+            for c, is_cond in enumerate(call.chunks):
+                if is_cond:
+                    rows = slice(c * 2 * self.pairs, (c + 1) * 2 * self.pairs)
+                    self.maps.record(explicit_attention(q[rows], k[rows], v[rows], heads)[1])
         return out
+
+    def records(self, call: AttentionCall) -> bool:
+        return bool(self.maps is not None and self.maps.entries and tuple(call.grid) == tuple(self.maps.grid))
 
     def after_step(self, x_src: torch.Tensor, x_tgt: torch.Tensor, step: int) -> torch.Tensor:
         """Post-step hook on the edit latents (local blend); returns the new edit latents."""
@@ -232,7 +242,7 @@ class AttentionController:
         return "none"
 
     def stored_bytes(self) -> int:
-        return 0
+        return 0 if self.maps is None else self.maps.nbytes()
 
     def _probe(self, event, call, tensor):
         if self.probe is not None:
@@ -247,7 +257,6 @@ class PromptToPrompt(AttentionController):
         cross: the :class:`CrossEdit`.
         cross_replace_steps: fraction of the steps (from the first) with cross-attention injection.
         self_replace_steps: fraction of the steps with self-attention injection.
-        maps: the :class:`WordMaps` to record (local blend, previews) or None.
         blend: ``(source entry index, target entry index)`` into ``maps.entries`` for the local
             blend, or None.
         threshold: local-blend threshold on the normalised maps.
@@ -256,7 +265,6 @@ class PromptToPrompt(AttentionController):
     cross: Optional[CrossEdit] = None
     cross_replace_steps: float = DEFAULT_CROSS_REPLACE_STEPS
     self_replace_steps: float = DEFAULT_SELF_REPLACE_STEPS
-    maps: Optional[WordMaps] = None
     blend: Optional[tuple[int, int]] = None
     threshold: float = DEFAULT_BLEND_THRESHOLD
     last_mask: Optional[torch.Tensor] = field(default=None, repr=False)
@@ -269,7 +277,7 @@ class PromptToPrompt(AttentionController):
                                                                                  self.total_steps)
 
     def edit(self, out, q, k, v, heads, call, attention):
-        record = self.maps is not None and self.maps.entries and tuple(call.grid) == tuple(self.maps.grid)
+        record = self.records(call)
         for c, is_cond in enumerate(call.chunks):
             if not is_cond:
                 continue  # the paper's code edits the conditional half only
@@ -310,9 +318,6 @@ class PromptToPrompt(AttentionController):
                 f"[0, {steps_from_fraction(self.self_replace_steps, self.total_steps)}) on layers with <= "
                 f"{SELF_REPLACE_MAX_TOKENS} tokens{blend}")
 
-    def stored_bytes(self) -> int:
-        return 0 if self.maps is None else self.maps.nbytes()
-
 
 @dataclass
 class MasaCtrl(AttentionController):
@@ -327,7 +332,7 @@ class MasaCtrl(AttentionController):
 
     def edit(self, out, q, k, v, heads, call, attention):
         if not self.active(call):
-            return out
+            return super().edit(out, q, k, v, heads, call, attention)  # (records cross maps)
         for c in range(len(call.chunks)):
             src, tgt = pair_rows(c, self.pairs)
             out[tgt] = attention(q[tgt], k[src], v[src], heads)

@@ -88,14 +88,16 @@ def nmg_edit_sample(
     noise_map_scale: float = nmg.DEFAULT_NOISE_MAP_SCALE,
     loss: str = "l1",
     reference_numel: Optional[int] = nmg.REFERENCE_NUMEL,
+    x_start: Optional[torch.Tensor] = None,
     callback: Optional[Callable[[int, int], None]] = None,
 ) -> EditResult:
     """The full two-branch edit from the inverted latent over the maps' schedule.
 
-    Both branches start from ``maps.latents[0]``; every step is :func:`nmg_edit_step`.
+    Both branches start from ``x_start`` (default ``maps.latents[0]``, the inverted latent; pass it
+    moved to the model's device); every step is :func:`nmg_edit_step`.
     """
     nmg.validate_params(grad_scale, noise_map_scale, 0.0, loss, 0.0, 1.0)
-    x_src = maps.latents[0].detach().float().clone()
+    x_src = (maps.latents[0] if x_start is None else x_start).detach().float().clone()
     x_tgt = x_src.clone()
     total = maps.steps
     for i in range(total):

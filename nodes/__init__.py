@@ -2,13 +2,14 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, frequency_refine, nmg, outpaint, zoom
+from . import attention_balance, frequency_refine, nmg, nmg_edit, outpaint, zoom
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
     *attention_balance.NODES,
     *frequency_refine.NODES,
     *nmg.NODES,
+    *nmg_edit.NODES,
     *zoom.NODES,
 ]
 
