@@ -333,11 +333,12 @@ class MasaCtrl(AttentionController):
     def edit(self, out, q, k, v, heads, call, attention):
         if not self.active(call):
             return super().edit(out, q, k, v, heads, call, attention)  # (records cross maps)
-        for c in range(len(call.chunks)):
+        for c, is_cond in enumerate(call.chunks):
             src, tgt = pair_rows(c, self.pairs)
             out[tgt] = attention(q[tgt], k[src], v[src], heads)
-            self._probe("self_injected_source_keys", call, k[src])
-            self._probe("self_injected_source_values", call, v[src])
+            chunk = "cond" if is_cond else "uncond"
+            self._probe(f"self_injected_source_keys[{chunk}]", call, k[src])
+            self._probe(f"self_injected_source_values[{chunk}]", call, v[src])
         return out
 
     def describe(self) -> str:

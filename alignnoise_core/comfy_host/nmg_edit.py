@@ -145,7 +145,10 @@ def build_controller(settings: EditSettings, src: pa.PromptTokens, tgt: pa.Promp
         rw = pa.parse_words(s.reweight_words)
         scale = pa.equalizer(tgt, rw, s.reweight_scale) if rw else None
         for w in rw:  # ... the re-weighted words ...
-            entries.append(_entry(f"reweight '{w}' x{s.reweight_scale:g}", 1, pa.word_positions(tgt, w, "target prompt")))
+            entries.append(_entry(f"reweight '{w}'", 1, pa.word_positions(tgt, w, "target prompt")))
+        if rw:
+            lines.append("reweight: " + ", ".join(f"{w}{list(pa.word_positions(tgt, w))}" for w in rw)
+                         + f" x{s.reweight_scale:g}")
         if s.method == "p2p_replace":
             cross = ac.CrossEdit("replace", mapper=pa.replacement_mapper(src, tgt), scale=scale)
             swaps = pa.swapped_words(src, tgt)
