@@ -312,8 +312,25 @@ def test_other_families(comfy_env, kind):
 # --------------------------------------------------------------------------------------------------
 
 
+def _live_checkpoint() -> str:
+    """The harness's random SD1.5 checkpoint with unit GroupNorm weights in its UNet (see :func:`live`)."""
+    import folder_paths
+    import safetensors.torch
+
+    name = "live_random_sd15.safetensors"
+    if folder_paths.get_full_path("checkpoints", name) is None:
+        src = folder_paths.get_full_path("checkpoints", ch.make_checkpoint("sd15"))
+        sd = safetensors.torch.load_file(src)
+        for k, v in sd.items():
+            if k.startswith("model.diffusion_model.") and k.endswith((".in_layers.0.weight", ".out_layers.0.weight",
+                                                                     "diffusion_model.out.0.weight")):
+                sd[k] = torch.ones_like(v)
+        safetensors.torch.save_file(sd, str(ch._state["work"] / "checkpoints" / name))
+    return name
+
+
 def test_two_edits_of_one_inversion_through_the_executor(comfy_env, monkeypatch):
-    ckpt = comfy_env.make_checkpoint("sd15")
+    ckpt = _live_checkpoint()
     image = comfy_env.put_input_image(comfy_env.synthetic_image(1, 64, 64)[0], "nmg_edit_src.png")
     cb = _pack("comfy_bridge")
     calls = []
