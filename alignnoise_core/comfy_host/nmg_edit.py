@@ -326,6 +326,10 @@ def nmg_edit(model, clip, negative, maps, source_prompt: str, target_prompt: str
     positive = pair_conditioning(encode(clip, source_prompt), encode(clip, target_prompt), pairs)
     lines.append(f"{len(layers)} transformer layers (MasaCtrl's layer index counts them in execution order); "
                  f"word maps recorded at the {grid[0]}x{grid[1]} level; stored attention: {ctl.stored_bytes()} bytes")
+    if settings.method == "masactrl" and int(settings.masactrl_layer) >= len(layers):
+        lines.append(f"warning: masactrl_layer {settings.masactrl_layer} >= the {len(layers)} layers of this UNet: "
+                     f"no layer is controlled")
+        log.warning("NMGEdit: %s", lines[-1])
     if level != BLEND_LEVEL:
         lines.append(f"note: this UNet has no attention two levels below the latent; maps from level {level}")
     lines.append("edit branch: " + ("Step A + Step B (guide_edit_branch)" if guide_edit_branch
