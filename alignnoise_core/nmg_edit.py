@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import nmg
+from . import nmg, nmg_maps
 from .attention_control import AttentionController
 
 PairEpsFn = Callable[[torch.Tensor, float], torch.Tensor]  # ([2B, C, H, W] source rows then edit rows, sigma)
@@ -79,7 +79,7 @@ def nmg_edit_step(
 
 
 def nmg_edit_sample(
-    maps: nmg.NoiseMaps,
+    maps: nmg_maps.NoiseMaps,
     predict_eps_uncond: nmg.EpsFn,
     predict_eps_text_pair: PairEpsFn,
     controller: AttentionController,

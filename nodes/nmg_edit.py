@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import attention_control as ac
-from ..alignnoise_core import nmg
-from ..alignnoise_core.comfy_host import nmg_edit as host
+from alignnoise_core import attention_control as ac
+from alignnoise_core import nmg
+from alignnoise_core.comfy_host import nmg_edit as host
+
 from .nmg import NMGNoiseMaps
 
 

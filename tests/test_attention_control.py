@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignnoise_core import attention_control as ac
-from alignnoise_core import nmg, nmg_edit
+from alignnoise_core import nmg, nmg_edit, nmg_maps
 from alignnoise_core import prompt_alignment as pa
 from alignnoise_core.attention import explicit_attention
 
@@ -253,7 +253,7 @@ def toy_setup(steps=4):
     def eps(name):
         return lambda x, s: model(x, ctx[name].expand(x.shape[0], -1, -1))
 
-    maps = nmg.ddim_invert(x0, sigmas, eps("src"), sigma_floor=0.03)
+    maps = nmg_maps.ddim_invert(x0, sigmas, eps("src"), sigma_floor=0.03)
     return model, ctx, maps, eps
 
 
@@ -279,7 +279,7 @@ def test_edit_loop_source_branch_is_the_nmg_reconstruction():
     model, ctx, maps, eps = toy_setup()
     ctl = ac.MasaCtrl(pairs=1, total_steps=maps.steps, start_step=0, start_layer=0)
     res = nmg_edit.nmg_edit_sample(maps, eps("null"), pair_fn(model, ctx, ctl), ctl, grad_scale=50.0)
-    ref = nmg.nmg_sample(maps, eps("null"), cfg(eps("src"), eps("null")), grad_scale=50.0)
+    ref = nmg_maps.nmg_sample(maps, eps("null"), cfg(eps("src"), eps("null")), grad_scale=50.0)
     assert torch.allclose(res.reconstruction, ref, atol=1e-5)
     assert not torch.allclose(res.edited, res.reconstruction, atol=1e-3)
 
@@ -290,7 +290,7 @@ def test_edit_loop_without_control_is_the_plain_target_branch():
                 ac.PromptToPrompt(pairs=1, total_steps=maps.steps, cross=ac.CrossEdit("reweight"),
                                   cross_replace_steps=0.0, self_replace_steps=0.0)):
         res = nmg_edit.nmg_edit_sample(maps, eps("null"), pair_fn(model, ctx, ctl), ctl, grad_scale=50.0)
-        plain = nmg.ddim_sample(maps.latents[0], maps.sigmas, cfg(eps("tgt"), eps("null")))
+        plain = nmg_maps.ddim_sample(maps.latents[0], maps.sigmas, cfg(eps("tgt"), eps("null")))
         assert torch.allclose(res.edited, plain, atol=1e-5)
 
 

@@ -7,8 +7,6 @@ input MODEL is untouched; SD1.x (real random CLIP-L), SD2.x and SDXL UNets; the 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -21,11 +19,13 @@ GRAD, CFG = 200.0, 3.0
 
 
 def _pack(name):
-    """The pack's own copy of a module (ComfyUI loads the folder as another package)."""
-    node_mod = sys.modules[ch.node_class("NMGEdit").__module__]
-    if name == "host":
-        return node_mod.host
-    return sys.modules[node_mod.__name__.rsplit(".nodes.", 1)[0] + ".alignnoise_core." + name]
+    """A module of the pack (ComfyUI and the tests share one copy of ``alignnoise_core``)."""
+    import importlib
+
+    ch.require_comfyui()
+    return importlib.import_module({"host": "alignnoise_core.comfy_host.nmg_edit",
+                                    "common": "alignnoise_core.comfy_host.common",
+                                    "nmg_host": "alignnoise_core.comfy_host.nmg"}.get(name, "alignnoise_core." + name))
 
 
 def live(model):
@@ -66,7 +66,7 @@ def _encode(clip, text):
 
 def _invert(model, clip, src=SRC, hw=(16, 16), steps=4):
     with torch.inference_mode():
-        sigmas = _pack("comfy_bridge").calculate_sigmas(model, "normal", steps)
+        sigmas = _pack("common").calculate_sigmas(model, "normal", steps)
         x0 = torch.randn(1, 4, *hw, generator=torch.Generator().manual_seed(0))
         maps, inverted = ch.node_class("NMGInvert").execute(model, _encode(clip, src), {"samples": x0}, sigmas).result
     return dict(model=model, clip=clip, sigmas=sigmas, maps=maps, inverted=inverted, neg=_encode(clip, ""))
@@ -332,10 +332,10 @@ def _live_checkpoint() -> str:
 def test_two_edits_of_one_inversion_through_the_executor(comfy_env, monkeypatch):
     ckpt = _live_checkpoint()
     image = comfy_env.put_input_image(comfy_env.synthetic_image(1, 64, 64)[0], "nmg_edit_src.png")
-    cb = _pack("comfy_bridge")
+    nmg_host = _pack("nmg_host")
     calls = []
-    real = cb.nmg_invert
-    monkeypatch.setattr(cb, "nmg_invert", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = nmg_host.nmg_invert
+    monkeypatch.setattr(nmg_host, "nmg_invert", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def edit(method, tgt, **kw):
         inputs = {"model": ["1", 0], "clip": ["1", 1], "negative": ["4", 0], "noise_maps": ["8", 0],

@@ -3,9 +3,10 @@
 Math in ``nmg_edit.py`` (the loop), ``attention_control.py`` (the controllers) and
 ``prompt_alignment.py`` (words -> tokens, P2P alignments). Here: the prompts are encoded and mapped
 to token positions with the CLIP's own tokenizer, every transformer layer's attn1/attn2 gets a
-replace patch on a differentiable clone (keyed per block; a patch already there is chained), the
-patches run the controller only during Step B, and the loop runs as a custom sampler through
-``CFGGuider.sample`` (model loading, conds, hooks and wrappers as for any sampler).
+replace patch on a model clone (keyed per block; a patch already there is chained), the patches run
+the controller only during Step B (Step A: the differentiable attention backend, in the pack's
+:func:`~.common.gradient_session`), and the loop runs as a custom sampler through ``CFGGuider.sample``
+(model loading, conds, hooks and wrappers as for any sampler).
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
 import torch
 import torch.nn.functional as F
-from comfy.ldm.modules.attention import SpatialTransformer
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from .. import attention_control as ac
-from .. import nmg
+from .. import nmg, nmg_maps
 from .. import nmg_edit as edit_loop
 from .. import prompt_alignment as pa
 from ..attention import target_grid
-from ..comfy_bridge import (Progress, SamplerContext, _nmg_check_model, _nmg_latent_space, differentiable_attention_override,
-                            differentiable_clone, intermediate_device, release_model, run_sampler)
+from .common import (Progress, SamplerContext, gradient_session, intermediate_device, release_model, run_sampler,
+                     transformer_layers, use_differentiable_attention)
+from .nmg import _nmg_check_model, _nmg_latent_space
 
 log = logging.getLogger("alignnoise")
 
@@ -201,31 +201,6 @@ def build_controller(settings: EditSettings, src: pa.PromptTokens, tgt: pa.Promp
 # --------------------------------------------------------------------------------------------------
 
 
-def transformer_layers(model) -> list[tuple[tuple[str, int, int], int]]:
-    """``((block_name, number, index), level)`` of every transformer layer in execution order."""
-    dm = model.model.diffusion_model
-    if not isinstance(dm, UNetModel):
-        raise ValueError(f"NMGEdit needs an SD1.x/SD2.x/SDXL UNet, got {type(dm).__name__}.")
-    out, level = [], 0
-
-    def walk(block, layers):
-        nonlocal level
-        for layer in layers:
-            if isinstance(layer, SpatialTransformer):
-                out.extend(((block[0], block[1], j), level) for j in range(len(layer.transformer_blocks)))
-            elif isinstance(layer, Downsample):
-                level += 1
-            elif isinstance(layer, Upsample):
-                level -= 1
-
-    for i, blk in enumerate(dm.input_blocks):
-        walk(("input", i), blk)
-    walk(("middle", 0), dm.middle_block)
-    for i, blk in enumerate(dm.output_blocks):
-        walk(("output", i), blk)
-    return out
-
-
 def _existing_patch(m, kind: str, key):
     found = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
     return found.get(key) or found.get(key[:2])
@@ -301,10 +276,10 @@ def nmg_edit(model, clip, negative, maps, source_prompt: str, target_prompt: str
     """Run the two-branch NMG edit of ``maps`` (from NMGInvert) with ``settings``' attention control.
 
     Everything is validated (words, prompts, settings, the maps' model family) before the model is
-    cloned. The clone (identity weight wrappers + the attention patches) is released afterwards and
-    the shared weights' ``requires_grad`` flags are restored: the input MODEL samples bit-identically.
+    cloned. The clone (with the attention patches) is released afterwards, and
+    Step A's gradient runs in :func:`~.common.gradient_session`: the input MODEL samples bit-identically.
     """
-    if not all(hasattr(maps, a) for a in ("sigmas", "latents", "check_schedule")):
+    if not isinstance(maps, nmg_maps.NoiseMaps):
         raise ValueError(f"noise_maps must come from NMGInvert, got {type(maps).__name__}.")
     nmg.validate_params(grad_scale, noise_map_scale, cfg, loss, 0.0, 1.0)
     if clip is None:
@@ -315,7 +290,7 @@ def nmg_edit(model, clip, negative, maps, source_prompt: str, target_prompt: str
         raise ValueError(f"These noise maps were inverted with a {maps.meta.get('family')} model; NMGEdit got a "
                          f"model with {space} latents. Use the same model for NMGInvert and NMGEdit.")
     pairs, steps = int(maps.shape[0]), maps.steps
-    layers = transformer_layers(model)
+    layers = transformer_layers(model, "NMGEdit")
     levels = {lvl for _, lvl in layers}
     level = BLEND_LEVEL if BLEND_LEVEL in levels else max(levels)
     grid = target_grid(maps.shape[-2:], level)
@@ -335,27 +310,24 @@ def nmg_edit(model, clip, negative, maps, source_prompt: str, target_prompt: str
     lines.append("edit branch: " + ("Step A + Step B (guide_edit_branch)" if guide_edit_branch
                                     else "Step B only (the paper's editing path)"))
 
-    state = {"step_b": False, "grad_ready": False}
-    m = differentiable_clone(model)
+    state = {"step_b": False}
+    m = model.clone()
     for layer, (key, _) in enumerate(layers):
         for kind, setter in (("attn1", m.set_model_attn1_replace), ("attn2", m.set_model_attn2_replace)):
             setter(_patch(kind, layer, _existing_patch(m, kind, key), ctl, state), key[0], key[1], key[2])
     progress = Progress(steps)
-    flags = [(p, p.requires_grad) for p in m.model.parameters()]
 
     def fn(ctx: SamplerContext):
         base, neg, pos = ctx.base_model, ctx.conds.get("negative"), ctx.conds.get("positive")
-        mo_grad = differentiable_attention_override(ctx.model_options)
+        mo_grad = use_differentiable_attention(ctx.model_options)
         seed = ctx.extra_args.get("seed")
 
         def sig(xv, s):
             return torch.full((xv.shape[0],), float(s), device=xv.device, dtype=torch.float32)
 
         def eps_uncond(xv, s):
-            if not state["grad_ready"]:
-                base.requires_grad_(False)  # gradients w.r.t. the latent only
-                state["grad_ready"] = True
-            (den,) = comfy.samplers.calc_cond_batch(base, [neg], xv, sig(xv, s), mo_grad)
+            with gradient_session(base):  # gradients w.r.t. the latent only
+                (den,) = comfy.samplers.calc_cond_batch(base, [neg], xv, sig(xv, s), mo_grad)
             if xv.requires_grad and den.grad_fn is None:
                 raise ValueError(nmg._NOT_DIFFERENTIABLE)
             return (xv - den.float()) / float(s)
@@ -378,11 +350,7 @@ def nmg_edit(model, clip, negative, maps, source_prompt: str, target_prompt: str
         blank = torch.zeros((2 * pairs, *maps.shape[1:]))
         out = run_sampler(m, positive, negative, float(cfg), blank, maps.sigmas, fn)
     finally:
-        release_model(m)
-        with torch.inference_mode():
-            for p, flag in flags:
-                if p.requires_grad != flag:
-                    p.requires_grad_(flag)
+        release_model(m)  # unload the clone: nothing of this run stays loaded
     out = out.to(intermediate_device())
     preview, names = _preview(ctl, maps.shape[-2:])
     lines.append("preview frames: " + "; ".join(f"{i}: {n}" for i, n in enumerate(names)))
