@@ -78,8 +78,10 @@ def prompt_tokens(text: str, encode_word: Callable[[str], Sequence[int]], max_le
     return PromptTokens(text=text, words=words, ids=tuple(ids), spans=tuple(spans))
 
 
-def _norm(word: str) -> str:
-    return word.strip().lower().strip(".,;:!?\"'()[]{}")
+def normalize_word(word: str) -> str:
+    """Lower case, surrounding punctuation and a ComfyUI weight suffix removed: ``"(Dog:1.2)," -> "dog"``."""
+    w = word.strip().lower().strip(".,;:!?\"'()[]{}")
+    return w.split(":")[0].strip(".,;:!?\"'()[]{}")
 
 
 def word_positions(pt: PromptTokens, word: str, what: str = "prompt") -> tuple[int, ...]:
@@ -88,8 +90,8 @@ def word_positions(pt: PromptTokens, word: str, what: str = "prompt") -> tuple[i
     Raises:
         ValueError: the word is not in the prompt (the message lists its words).
     """
-    key = _norm(word)
-    pos = [p for w, s in zip(pt.words, pt.spans) if _norm(w) == key for p in s]
+    key = normalize_word(word)
+    pos = [p for w, s in zip(pt.words, pt.spans) if normalize_word(w) == key for p in s]
     if not key or not pos:
         raise ValueError(f"The word {word!r} is not in the {what} {pt.text!r}. Its words are: "
                          f"{', '.join(repr(w) for w in pt.words)}. Use one of them (spelled as in the prompt).")

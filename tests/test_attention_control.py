@@ -42,6 +42,8 @@ def test_word_spans_and_lookup():
     with pytest.raises(ValueError, match="at most 75"):
         tok(" ".join(["word"] * 40))
     assert pa.parse_words(" cat, dog ,,") == ["cat", "dog"]
+    weighted = tok("a (dog:1.2) here")
+    assert pa.word_positions(weighted, "dog") == weighted.spans[1]  # ComfyUI's weight syntax on one word
 
 
 def test_replacement_mapper_swaps_and_shifts():

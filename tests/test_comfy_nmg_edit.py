@@ -241,7 +241,7 @@ def test_refine_and_reweight_report_and_run(comfy_env, setup):
     (dict(method="p2p_reweight", tgt=SRC), "needs reweight_words"),
     (dict(method="p2p_refine", reweight_words="horse"), "'horse' is not in the target prompt"),
     (dict(cross_replace_steps=1.5), "cross_replace_steps"),
-    (dict(tgt="(a photo:1.2) of a dog on grass", method="masactrl"), "word by word"),
+    (dict(tgt="a photo of a (big dog:1.2) on grass", method="masactrl"), "word by word"),
     (dict(tgt=" ".join(["photo"] * 80), method="masactrl"), "longer than one 77-token"),
 ])
 def test_refusals(comfy_env, setup, kw, match):

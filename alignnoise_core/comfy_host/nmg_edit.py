@@ -87,8 +87,9 @@ def prompt_tokens(clip, text: str, what: str) -> pa.PromptTokens:
                          f"context per prompt. Shorten it.")
     pt = pa.prompt_tokens(text, encode_word, what=what)
     if list(pt.ids) != inner(whole[0]):
-        raise ValueError(f"The {what} {text!r} cannot be mapped word by word to its tokens (prompt weighting like "
-                         f"'(word:1.2)', embeddings or escapes?). Use plain words for attention control.")
+        raise ValueError(f"The {what} {text!r} cannot be mapped word by word to its tokens (weighting a group of "
+                         f"words like '(big dog:1.2)', embeddings or escapes?). Use plain words (a single weighted word "
+                         f"'(dog:1.2)' is fine).")
     return pt
 
 
@@ -132,11 +133,11 @@ def build_controller(settings: EditSettings, src: pa.PromptTokens, tgt: pa.Promp
     lines = [f"source tokens: {src.describe()}", f"target tokens: {tgt.describe()}"]
     entries = []
     # Words whose maps are previewed: the words that differ between the prompts ...
-    src_words = {pa._norm(w) for w in src.words}
-    tgt_words = {pa._norm(w) for w in tgt.words}
-    for w in dict.fromkeys(w for w in src.words if pa._norm(w) not in tgt_words):
+    src_words = {pa.normalize_word(w) for w in src.words}
+    tgt_words = {pa.normalize_word(w) for w in tgt.words}
+    for w in dict.fromkeys(w for w in src.words if pa.normalize_word(w) not in tgt_words):
         entries.append(_entry(f"source '{w}'", 0, pa.word_positions(src, w)))
-    for w in dict.fromkeys(w for w in tgt.words if pa._norm(w) not in src_words):
+    for w in dict.fromkeys(w for w in tgt.words if pa.normalize_word(w) not in src_words):
         entries.append(_entry(f"target '{w}'", 1, pa.word_positions(tgt, w)))
     blend = None
     if s.method.startswith("p2p"):
