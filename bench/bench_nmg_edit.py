@@ -32,18 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import comfy_harness as ch  # noqa: E402
+from test_comfy_nmg_edit import live  # noqa: E402
 
 SRC, TGT = "a photo of a cat sitting on the grass", "a photo of a dog sitting on the grass"
 
 
 def build(width: int):
-    mp = ch.tiny_model(4, 0, num_heads=8, model_channels=width, channel_mult=[1, 2, 4, 4],
-                       num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-                       transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
-    with torch.inference_mode():
-        for mod in mp.model.modules():
-            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and mod.weight is not None:
-                mod.weight.fill_(1.0)
+    mp = live(ch.tiny_model(4, 0, num_heads=8, model_channels=width, channel_mult=[1, 2, 4, 4],
+                            num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                            transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]))
     return mp, sum(p.numel() for p in mp.model.diffusion_model.parameters())
 
 
@@ -72,7 +69,7 @@ def main():
     comfy.utils.set_progress_bar_enabled(False)
     torch.set_num_threads(args.threads)
     nodes = ch._state["nodes"].NODE_CLASS_MAPPINGS
-    host = sys.modules[nodes["NMGEdit"].__module__].host
+    from alignnoise_core.comfy_host import nmg_edit as host
     model, n_params = build(args.width)
     with torch.inference_mode():
         clip = clip_model()

@@ -226,6 +226,19 @@ def test_input_model_untouched_sampling_bit_identical(comfy_env, setup):
     assert torch.equal(before, _plain_target(dict(s, model=model)))
 
 
+def test_same_edit_on_a_streamed_model(comfy_env, setup):
+    """The gradient recipe under current ComfyUI's weight streaming (emulated, see
+    test_comfy_gradient_recipe): Step A's backward works and the edit is the same."""
+    from test_comfy_gradient_recipe import streamed_model
+
+    streamed, cast = streamed_model(setup["model"])
+    kw = dict(blend_source_word="cat", blend_target_word="dog")
+    plain, other = _edit(setup, **kw), _edit(setup, model=streamed, **kw)
+    assert cast.calls > 0
+    assert_close_rel(other.edited["samples"], plain.edited["samples"], 1e-5)
+    assert_close_rel(other.reconstruction["samples"], plain.reconstruction["samples"], 1e-5)
+
+
 def test_refine_and_reweight_report_and_run(comfy_env, setup):
     run = _edit(setup, "p2p_refine", tgt="a photo of a fluffy cat on grass", reweight_words="fluffy",
                 reweight_scale=3.0)
