@@ -1,6 +1,6 @@
 """Explicit self-attention probabilities and a recorder for the AlignNoise target level.
 
-Host-free. Both bridges (diffusers, ComfyUI) compute attention explicitly only on the blocks of the
+Host-free. Both hosts (diffusers, ComfyUI) compute attention explicitly only on the blocks of the
 target level (the 1/32-pixel level: 16x16 tokens at 512x512) and hand the probabilities to an
 :class:`AttentionRecorder`, which averages them over layers, heads and CFG chunks exactly like the
 reference ``aggregate_attention`` (mean over all stored maps).
@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 import torch.utils.checkpoint
+
+from .autograd_safety import frozen_constants_call
 
 from .balance import AttentionCapture
 
@@ -76,7 +78,7 @@ def checkpointed_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
     kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return torch.utils.checkpoint.checkpoint(frozen_constants_call, fn, *args, use_reentrant=False, **kwargs)
 
 
 class AttentionRecorder:
@@ -84,7 +86,7 @@ class AttentionRecorder:
 
     Keyed by token grid: only calls whose grid equals ``grid`` are recorded; the set and order of
     block keys that hit the target grid is learnt during the first evaluation (``target_keys``),
-    so the bridges can restrict explicit attention to them and stop the forward after the last.
+    so the hosts can restrict explicit attention to them and stop the forward after the last.
 
     Args:
         grid: (h, w) target token grid.

@@ -60,3 +60,20 @@ class FrozenConstants(TorchFunctionMode):
             args = tuple(type(a)(_copy(x) for x in a) if type(a) in (list, tuple) else _copy(a) for a in args)
             kwargs = {k: _copy(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+
+def _active() -> bool:
+    try:
+        from torch.overrides import _get_current_function_mode_stack
+    except ImportError:  # a torch without the mode-stack query: a nested mode only costs a second copy
+        return False
+    return any(isinstance(m, FrozenConstants) for m in _get_current_function_mode_stack())
+
+
+def frozen_constants_call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with :class:`FrozenConstants` on (once). Activation checkpointing
+    recomputes a layer inside the backward pass, where the caller's mode is not active."""
+    if _active():
+        return fn(*args, **kwargs)
+    with FrozenConstants():
+        return fn(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 Host-free (torch only). The UNet is reached through a host-supplied callable
 ``evaluate(z_hat) -> AttentionCapture`` so the same optimiser drives diffusers
-(:mod:`.diffusers_bridge`) and ComfyUI (:mod:`.comfy_bridge`).
+(:mod:`.diffusers_bridge`) and ComfyUI (:mod:`.comfy_host.stage1`), through :mod:`.recipes`.
 
 Reference: ``WHUIR/AlignNoise:pipeline/pipeline_sd_alignnoise.py::fn_AAM`` and
 ``::fn_compute_loss_mask`` (loss with a Python loop over query tokens). This module computes the

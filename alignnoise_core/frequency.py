@@ -14,7 +14,7 @@ with a 3-D (T, H, W) FFT for video latents.
 
 Everything here is host-free torch. Sigma-parameterised helpers (:func:`renoise`,
 :func:`sampler_start`, :func:`noise_for_start`) express the re-noising in the model's own
-parameterisation, so ComfyUI (``comfy_bridge``) and diffusers callers share them:
+parameterisation, so ComfyUI (``comfy_host.stage2``) and diffusers callers share them:
 
 * ``"eps"`` (EPS, v-prediction, EDM and x0 models; SD1.x/SD2.x/SDXL): the sampler state is
   variance-exploding, ``x = x0 + σ·ε``; its variance-preserving equivalent is ``z = x/√(1+σ²)``,

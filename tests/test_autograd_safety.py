@@ -90,3 +90,21 @@ def test_in_place_ops_and_ops_without_gradient_are_untouched():
     assert y.tolist() == [12.0, 4.0, 4.0]
     z.backward()
     assert x.grad.tolist() == [6.0, 2.0, 2.0]
+
+
+def test_checkpointed_layers_recomputed_in_the_backward_keep_working():
+    """Activation checkpointing recomputes inside backward(), where the mode is off: the pack's
+    checkpointed_call turns it on again, so inference weights work there too, with the same gradient."""
+    from alignnoise_core.attention import checkpointed_call
+
+    w = _net_weights(2)
+    x = torch.randn(1, 3, 8, 8)
+    ref = _reference_grad(x, w)
+    with torch.inference_mode():
+        w_inf = {k: v.clone() for k, v in w.items()}
+    with torch.inference_mode(False), torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        with FrozenConstants():
+            loss = checkpointed_call(_forward, xr, w_inf)
+            loss.backward()
+    torch.testing.assert_close(xr.grad, ref, rtol=1e-5, atol=1e-6)
