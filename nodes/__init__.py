@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, frequency_refine, nmg, outpaint, seamless, zoom
+from . import attention_balance, frequency_refine, nmg, nmg_edit, outpaint, seamless, zoom
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
@@ -10,6 +10,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     *attention_balance.NODES,
     *frequency_refine.NODES,
     *nmg.NODES,
+    *nmg_edit.NODES,
     *zoom.NODES,
 ]
 

@@ -60,6 +60,13 @@ def _guided(s, sampler="euler", latent=None, noise=None, maps=None):
                  latent or s["inverted"])
 
 
+def _edit(s, maps=None, tgt="a photo of a dog", method="p2p_replace", **kw):
+    from alignnoise_core.comfy_host.nmg_edit import EditSettings, nmg_edit
+
+    return nmg_edit(s["model"], s["clip"], s["neg"], s["maps"] if maps is None else maps, "a photo of a cat", tgt,
+                    EditSettings(method=method, **kw))
+
+
 def _keyframes(s, image):
     return _node("ZoomOutpaintKeyframes", image, s["model"], s["pos"], s["neg"], None, zoom_steps=1, steps=1)
 
@@ -107,6 +114,10 @@ NODE_CASES = {
     "guidance_sampler": lambda s: _guided(s, sampler="euler_ancestral"),
     "guidance_latent": lambda s: _guided(s, latent={"samples": torch.zeros(1, 4, 8, 8)}),
     "guidance_noise": lambda s: _guided(s, noise=_node("RandomNoise", 1).result[0]),
+    "edit_maps": lambda s: _edit(s, maps=torch.zeros(3)),
+    "edit_word": lambda s: _edit(s, blend_source_word="cat", blend_target_word="tiger"),
+    "edit_swap": lambda s: _edit(s, tgt="a photo of a big dog"),
+    "edit_weights": lambda s: _edit(s, tgt="a photo of a (big dog:1.2)", method="masactrl"),
     "zoom_batch": lambda s: _keyframes(s, torch.rand(2, 64, 64, 3)),
     "zoom_nan": lambda s: _keyframes(s, _nan((1, 64, 64, 3))),
     "zoom_size": lambda s: _keyframes(s, torch.rand(1, 60, 64, 3)),
@@ -136,7 +147,11 @@ def setup():
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 2).cpu()
         pos, neg = ch.fake_conditioning(seed=1), ch.fake_conditioning(seed=2)
         maps, inverted = nmg_host.nmg_invert(model, pos, {"samples": x0}, sigmas)
-    return {"model": model, "pos": pos, "neg": neg, "x0": x0, "mask": mask, "sigmas": sigmas, "maps": maps,
+    import comfy.sd1_clip
+    from test_comfy_nmg_edit import TokenizerOnlyClip
+
+    clip = TokenizerOnlyClip(comfy.sd1_clip.SD1Tokenizer(), 768)  # the real SD1 tokenizer; no CLIP weights needed
+    return {"model": model, "clip": clip, "pos": pos, "neg": neg, "x0": x0, "mask": mask, "sigmas": sigmas, "maps": maps,
             "inverted": inverted, "latent": {"samples": x0, "noise_mask": mask[:, None]}, "unsupported": _unsupported_model()}
 
 

@@ -14,6 +14,7 @@ EXPECTED_NODES = {
     "FrequencyNoiseRefine",
     "NMGInvert",
     "NMGGuidance",
+    "NMGEdit",
     "ZoomInterpolate",
     "ZoomOutpaintKeyframes",
     "SeamlessComposite",
@@ -58,7 +59,7 @@ def test_schema_is_complete(comfy_env, node_id):
 
 
 def test_research_nodes_are_experimental(comfy_env):
-    for node_id in ("AttentionBalanceNoiseOptimize", "FrequencyNoiseRefine", "NMGInvert", "NMGGuidance"):
+    for node_id in ("AttentionBalanceNoiseOptimize", "FrequencyNoiseRefine", "NMGInvert", "NMGGuidance", "NMGEdit"):
         assert comfy_env.node_class(node_id).GET_SCHEMA().is_experimental, node_id
 
 

@@ -17,6 +17,8 @@ import comfy.samplers
 import comfy.utils
 import node_helpers
 import torch
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..autograd_safety import FrozenConstants
 
@@ -151,6 +153,41 @@ def sampling_parameterization(model, feature: str) -> str:
         f"{feature} does not know how the '{type(ms).__name__}' model sampling adds noise; it supports "
         f"eps/v-prediction models (SD1.x, SD2.x, SDXL) and rectified-flow models (SD3, Flux)."
     )
+
+
+def transformer_layers(model, feature: str = "this node") -> list:
+    """Every transformer layer of an openaimodel UNet in execution order, with its resolution level.
+
+    Level 0 is the latent (1/8 px), level 2 the 1/32-pixel level. Found by walking the UNet in
+    execution order (Downsample after an input block, Upsample at the end of an output block), so it
+    works for SD1.x, SD2.x, SDXL and pruned variants alike.
+
+    Returns:
+        ``[((block_name, number, transformer_index), level), ...]``; the key is the 3-tuple the
+        attention replace patches are keyed by.
+    """
+    dm = model.model.diffusion_model
+    if not isinstance(dm, UNetModel):
+        raise ValueError(f"{feature} needs an SD1.x/SD2.x/SDXL UNet, got {type(dm).__name__}")
+    out: list = []
+    level = 0
+
+    def walk(block, layers):
+        nonlocal level
+        for layer in layers:
+            if isinstance(layer, SpatialTransformer):
+                out.extend(((block[0], block[1], j), level) for j in range(len(layer.transformer_blocks)))
+            elif isinstance(layer, Downsample):
+                level += 1
+            elif isinstance(layer, Upsample):
+                level -= 1
+
+    for i, blk in enumerate(dm.input_blocks):
+        walk(("input", i), blk)
+    walk(("middle", 0), dm.middle_block)
+    for i, blk in enumerate(dm.output_blocks):
+        walk(("output", i), blk)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,49 +12,27 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
 import torch
 from comfy.ldm.modules.attention import SpatialTransformer
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, TimestepBlock, UNetModel, Upsample
+from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 
 from .. import balance, validation
 from ..attention import EarlyStop, checkpointed_call, explicit_attention
 from ..recipes import attention_balance_session
 from .common import (SamplerContext, check_interrupt, gradient_session, model_info, Progress, random_noise,
-                     release_model, run_sampler, set_differentiable_attention)
+                     release_model, run_sampler, set_differentiable_attention, transformer_layers)
 
 log = logging.getLogger("alignnoise")
 
 
 def attention_levels(model) -> dict:
-    """Self-attention (attn1) patch keys of an openaimodel UNet grouped by resolution level.
-
-    Level 0 is the latent (1/8 px), level 2 the 1/32-pixel level AlignNoise uses. Found by walking
-    the UNet in execution order (Downsample after an input block, Upsample at the end of an output
-    block), so it works for SD1.x, SD2.x, SDXL and pruned variants alike.
+    """Self-attention (attn1) patch keys of an openaimodel UNet grouped by resolution level
+    (level 2 = the 1/32-pixel level AlignNoise uses; see :func:`~.common.transformer_layers`).
 
     Returns:
         ``{level: [(block_name, number, transformer_index), ...]}`` in execution order.
     """
-    dm = model.model.diffusion_model
-    if not isinstance(dm, UNetModel):
-        raise ValueError(f"AttentionBalanceNoiseOptimize needs an SD1.x/SD2.x/SDXL UNet, got {type(dm).__name__}")
     levels: dict = {}
-    level = 0
-
-    def add(block, layers):
-        nonlocal level
-        for layer in layers:
-            if isinstance(layer, SpatialTransformer):
-                for j in range(len(layer.transformer_blocks)):
-                    levels.setdefault(level, []).append((block[0], block[1], j))
-            elif isinstance(layer, Downsample):
-                level += 1
-            elif isinstance(layer, Upsample):
-                level -= 1
-
-    for i, blk in enumerate(dm.input_blocks):
-        add(("input", i), blk)
-    add(("middle", 0), dm.middle_block)
-    for i, blk in enumerate(dm.output_blocks):
-        add(("output", i), blk)
+    for key, level in transformer_layers(model, "AttentionBalanceNoiseOptimize"):
+        levels.setdefault(level, []).append(key)
     return levels
 
 
