@@ -16,6 +16,7 @@ EXPECTED_NODES = {
     "NMGGuidance",
     "ZoomInterpolate",
     "ZoomOutpaintKeyframes",
+    "FreeSizeOutpaint",
 }
 
 

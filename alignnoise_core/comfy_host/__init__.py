@@ -1,0 +1,1 @@
+"""ComfyUI-aware glue, one module per feature (imported only by ``nodes/``)."""
