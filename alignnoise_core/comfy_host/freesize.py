@@ -91,17 +91,19 @@ def _latent_mask(regenerate: torch.Tensor, shape, device, dtype) -> torch.Tensor
     return F.interpolate(m, size=shape[-2:], mode="bilinear")
 
 
-def _constrained(model, guide_latent: torch.Tensor, regenerate: torch.Tensor, factor: int):
-    """A clone whose CFG x0 prediction keeps the block means of ``guide_latent`` (DDNM hierarchical)."""
-    m = model.clone()
+def _add_lowpass_constraint(model, state: dict) -> None:
+    """Post-CFG hook (on the run's clone): while ``state["guide"]`` is set, the CFG x0 prediction keeps
+    the ``state["factor"]``-cell block means of that latent in the region to generate (DDNM hierarchical)."""
 
     def post_cfg(args):
         x0 = args["denoised"]
-        guide = guide_latent.to(x0.device, x0.dtype)
-        return fs.lowpass_constraint(x0, guide, factor, _latent_mask(regenerate, x0.shape, x0.device, x0.dtype))
+        if state.get("guide") is None:
+            return x0
+        guide = state["guide"].to(x0.device, x0.dtype)
+        return fs.lowpass_constraint(x0, guide, state["factor"],
+                                     _latent_mask(state["regenerate"], x0.shape, x0.device, x0.dtype))
 
-    m.set_model_sampler_post_cfg_function(post_cfg)
-    return m
+    model.set_model_sampler_post_cfg_function(post_cfg)
 
 
 def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask: torch.Tensor, sampler,
@@ -132,6 +134,9 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
         work.add_wrapper_with_key(wrappers.APPLY_MODEL, _COUNTER_KEY, _count_calls(counter))
     else:
         counter[0] = -1
+    constraint: dict = {}
+    if use_global:
+        _add_lowpass_constraint(work, constraint)
     is_inpaint = len(getattr(model.model, "concat_keys", ())) > 0
     src = image[0].detach().to("cpu", torch.float32)
     stride_px = fs.stride_of(min(window, width), overlap)
@@ -152,12 +157,11 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
         else:
             pos, neg = positive, negative
             latent = {"samples": vae.encode(px[..., :3]), "noise_mask": m}
-        runner = work
         if guide is not None:
-            guide_latent = work.model.process_latent_in(vae.encode(guide[None, ..., :3]))
-            runner = _constrained(work, guide_latent, regenerate, factor)
+            constraint.update(guide=work.model.process_latent_in(vae.encode(guide[None, ..., :3])),
+                              regenerate=regenerate, factor=factor)
         noise = random_noise(latent, seed)
-        samples = comfy.sample.sample_custom(runner, noise, cfg, sampler, sigmas, pos, neg, latent["samples"],
+        samples = comfy.sample.sample_custom(work, noise, cfg, sampler, sigmas, pos, neg, latent["samples"],
                                              noise_mask=latent["noise_mask"], callback=on_step, disable_pbar=True,
                                              seed=seed)
         decoded = vae.decode(samples)
