@@ -160,13 +160,27 @@ def plan_windows(mask: torch.Tensor, window: int, overlap: float = 0.5, order: s
             take("all", r)
     else:  # nearest_first: the most known pixels (source + generated) in the crop first
         candidates = tile_rect(0, 0, height, width, window, overlap, align)
+        cy, cx = _source_centre(mask)
+
+        def rank(r):  # has work, most known pixels, then closest to the source (sides alternate), raster
+            crop = todo[r[0]:r[0] + r[2], r[1]:r[1] + r[3]]
+            dist = (r[0] + r[2] / 2 - cy) ** 2 + (r[1] + r[3] / 2 - cx) ** 2
+            return int(crop.any()), int((~crop).sum()), -dist, -candidates.index(r)
+
         while bool(todo.any()):
-            best = max(candidates, key=lambda r: (int(todo[r[0]:r[0] + r[2], r[1]:r[1] + r[3]].sum() > 0),
-                                                  int((~todo[r[0]:r[0] + r[2], r[1]:r[1] + r[3]]).sum()),
-                                                  -candidates.index(r)))
+            best = max(candidates, key=rank)
             take("all", best)
             candidates.remove(best)
     return plan
+
+
+def _source_centre(mask: torch.Tensor) -> tuple[float, float]:
+    """Centroid (y, x) of the source pixels (mask < 0.5), or the canvas centre without a source."""
+    keep = (mask < 0.5).nonzero().float()
+    if keep.numel() == 0:
+        return mask.shape[0] / 2, mask.shape[1] / 2
+    centre = keep.mean(0) + 0.5
+    return float(centre[0]), float(centre[1])
 
 
 def fits_one_window(height: int, width: int, window: int) -> bool:

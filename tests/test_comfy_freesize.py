@@ -112,8 +112,8 @@ def test_raster_windows_count_unet_calls_and_keep_the_source(comfy_env):
         assert (out[0][mask[0] == 1] - canvas[0][mask[0] == 1]).abs().amax() > 0
     assert lefts["8"] == sorted(lefts["8"])
     # nearest_first starts on the source itself (its soft, feathered edge is to be generated and the
-    # window is almost all known), then grows outwards (ties in raster order).
-    assert lefts["12"][:3] == [64, 32, 0] and lefts["12"] != lefts["8"]
+    # window is almost all known), then grows outwards, alternating sides on ties.
+    assert lefts["12"][:3] == [64, 32, 96] and lefts["12"] != lefts["8"]
     assert "hierarchical" in result.outputs("10")[3]
     assert not torch.equal(result.outputs("10")[0], result.outputs("8")[0])  # the constraint changes windows
 

@@ -84,6 +84,9 @@ def test_nearest_first_starts_next_to_the_source():
     # The canvas grows outwards from the source: the distance of each window to it never shrinks on a side.
     left_side = [x for x in lefts if x < 768]
     assert left_side == sorted(left_side, reverse=True)
+    # A panorama grows on both sides in turn (ties go to the window closer to the source).
+    pano = _pad_mask(512, 2048, (0, 768, 512, 1280))
+    assert [w.left for w in fs.plan_windows(pano, 512, 0.5, "nearest_first")] == [512, 1024, 256, 1280, 0, 1536]
     raster = fs.plan_windows(mask, 128, 0.5, "raster")
     assert raster[0].left == 0 and (mask[raster[0].slices] == 0).sum() == 0  # raster starts with no context
 
