@@ -29,8 +29,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import seamless
+
 ORDERS = ("raster", "nearest_first", "sides")
 SIDES = ("left", "top", "right", "bottom")
+# How a window's result joins the pixels already there: the methods of SeamlessComposite.
+BLENDS = ("alpha",) + tuple(m for m in seamless.METHODS if m != "alpha")
 
 
 @dataclass(frozen=True)
@@ -244,8 +248,28 @@ def blend_weight(pending: torch.Tensor, feather: int) -> torch.Tensor:
 RunWindow = Callable[[Window, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+def join_window(current: torch.Tensor, result: torch.Tensor, pending: torch.Tensor, blend: str = "alpha",
+                feather: int = 0) -> torch.Tensor:
+    """A window's crop after its pass: ``result`` on the ``pending`` pixels, joined to ``current``.
+
+    ``alpha``: the :func:`blend_weight` ramp over ``feather`` px into the known pixels. ``poisson`` /
+    ``mixed`` / ``color_match``: SeamlessComposite (Pérez et al. 2003) with Ω = the pending pixels and
+    the known pixels of the crop as the boundary, so the new pixels meet the old ones without a
+    colour step; known pixels stay exact.
+    """
+    if blend == "alpha":
+        a = blend_weight(pending, feather)[..., None].to(result.dtype)
+        return current * (1 - a) + result * a
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got '{blend}'.")
+    if bool(pending.all()):
+        return torch.where(pending[..., None], result, current)  # no known pixel: nothing to match
+    out, _, _ = seamless.seamless_composite(current[None], result[None], pending.float()[None], method=blend)
+    return out[0].to(current.dtype)
+
+
 def outpaint_windows(image: torch.Tensor, mask: torch.Tensor, plan: list[Window], run_window: RunWindow,
-                     feather: int = 0, guide: torch.Tensor | None = None) -> torch.Tensor:
+                     feather: int = 0, guide: torch.Tensor | None = None, blend: str = "alpha") -> torch.Tensor:
     """Run ``plan``: each window sees the source plus everything generated so far as known.
 
     Args:
@@ -255,12 +279,15 @@ def outpaint_windows(image: torch.Tensor, mask: torch.Tensor, plan: list[Window]
         run_window: ``run_window(window, pixels, regenerate, guide_crop) -> pixels``: one sampling
             pass on the crop; ``regenerate`` ``[h, w]`` is the mask of the pixels to generate (the
             source mask's values there, 0 on everything known).
-        feather: px of :func:`blend_weight` ramp into already generated pixels.
+        feather: px of the ``alpha`` blend ramp into already generated pixels.
         guide: optional ``[H, W, C]`` global result (hierarchical restoration), cropped per window.
+        blend: how each window joins the known pixels (:func:`join_window`).
 
     Returns:
         ``[H, W, C]``: ``image * (1 - mask) + generated * mask``, the source exact where mask = 0.
     """
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got '{blend}'.")
     m = mask.to(image.dtype)[..., None]
     generated = image.clone()
     done = mask <= 0  # known: the source, then every finished window
@@ -274,8 +301,11 @@ def outpaint_windows(image: torch.Tensor, mask: torch.Tensor, plan: list[Window]
         out = run_window(win, view, regenerate, None if guide is None else guide[ys, xs])
         if tuple(out.shape) != tuple(view.shape):
             raise ValueError(f"window {win.index} returned shape {tuple(out.shape)} for a crop {tuple(view.shape)}.")
-        a = blend_weight(pending, feather)[..., None].to(out.dtype)
-        generated[ys, xs] = generated[ys, xs] * (1 - a) + out * a
+        if blend == "alpha":
+            generated[ys, xs] = join_window(generated[ys, xs], out, pending, "alpha", feather)
+        else:  # the solver matches the new pixels to what the crop shows (source + finished windows)
+            joined = join_window(view, out, pending, blend)
+            generated[ys, xs] = torch.where(pending[..., None], joined, generated[ys, xs])
         done[ys, xs] = True
         written[ys, xs] |= pending
     return image * (1 - m) + generated * m

@@ -58,9 +58,12 @@ class FreeSizeOutpaint(io.ComfyNode):
                                  tooltip="First outpaint the whole canvas shrunk to one window (global layout), then "
                                          "keep each window's low frequencies on that result (DDNM hierarchical "
                                          "restoration; one extra pass). Ignored when the canvas fits one window."),
-                io.Combo.Input("blend", options=list(host.BLENDS), default="alpha",
-                               tooltip="How a window's result joins what is already there: alpha = a linear ramp "
-                                       "over a quarter of the overlap (at most 32 px) into the finished pixels."),
+                io.Combo.Input("blend", options=list(fs.BLENDS), default="alpha",
+                               tooltip="How each window's result joins what is already there (SeamlessComposite's "
+                                       "methods): alpha = a linear ramp over a quarter of the overlap (at most 32 "
+                                       "px) into the finished pixels; poisson / mixed = gradient-domain blend "
+                                       "matching the known pixels at the seam; color_match = constant colour "
+                                       "offset. Known pixels stay exact."),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The outpainted canvas [1,H,W,C]."),

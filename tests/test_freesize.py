@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alignnoise_core import freesize as fs
+from alignnoise_core.inpaint.gaussian import GaussianLatentPrior
 
 
 def _pad_mask(height, width, box):
@@ -195,6 +196,21 @@ def test_one_window_result_is_the_pass_itself():
     assert torch.equal(out[mask == 0], image[mask == 0])
 
 
+@pytest.mark.parametrize("blend", fs.BLENDS)
+def test_blends_keep_the_source_and_remove_a_colour_offset(blend):
+    image = torch.full((64, 192, 3), 0.4)
+    mask = _pad_mask(64, 192, (0, 64, 64, 128))
+    plan = fs.plan_windows(mask, 128, 0.5, "raster")  # both windows hold source pixels
+    assert len(plan) == 2
+    out = fs.outpaint_windows(image, mask, plan, lambda w, v, r, g: torch.full_like(v, 0.7), feather=8, blend=blend)
+    assert torch.equal(out[mask == 0], image[mask == 0])
+    offset = (out[mask == 1] - 0.4).abs().max()
+    if blend == "alpha":  # a plain paste keeps the window's colour shift
+        assert torch.allclose(out[mask == 1], torch.full_like(out[mask == 1], 0.7))
+    else:  # gradient-domain / colour-matched joins take the known pixels' colour
+        assert offset < 1e-4, offset
+
+
 def test_blend_weight_ramps_into_known_pixels():
     pending = torch.zeros(1, 12, dtype=torch.bool)
     pending[0, 6:] = True
@@ -251,12 +267,12 @@ def test_text_bitmap_and_layout_preview():
 
 
 def _gaussian_field(height, width, length=3.0):
-    """Covariance of a stationary Gaussian field on an H x W grid (squared-exponential kernel)."""
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
-    p = torch.stack([ys.flatten(), xs.flatten()], 1)
-    d2 = ((p[:, None] - p[None]) ** 2).sum(-1)
-    return torch.exp(-d2 / (2 * length ** 2)) + 1e-6 * torch.eye(len(p), dtype=torch.float64)
+    """Dense covariance of an H x W stationary Gaussian latent (the pack's exact test model,
+    ``alignnoise_core.inpaint.gaussian``), cut from a torus twice the size so the canvas has no wrap-around."""
+    prior = GaussianLatentPrior(channels=1, height=2 * height, width=2 * width, lengthscales=(length,),
+                                variances=(1.0,), means=(0.0,))
+    full = prior.covariance(0).view(2 * height, 2 * width, 2 * height, 2 * width)
+    return full[:height, :width, :height, :width].reshape(height * width, height * width)
 
 
 def _conditional_mean(cov, values, known):

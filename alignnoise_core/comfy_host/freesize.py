@@ -115,8 +115,8 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
     ``SamplerCustomAdvanced`` with ``RandomNoise(noise_seed)``); the hierarchical first pass uses
     ``noise_seed + number of windows``.
     """
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got '{blend}'.")
+    if blend not in fs.BLENDS:
+        raise ValueError(f"blend must be one of {fs.BLENDS}, got '{blend}'.")
     mask2 = _check_inputs(image, mask, sigmas)
     _, height, width, channels = image.shape
     native, why = native_window(model)
@@ -188,7 +188,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
                  len(plan), win.left, win.top, win.width, win.height, win.stage, win.pending)
         return sample_crop(pixels, regenerate, int(noise_seed) + win.index, guide_crop, factor)
 
-    out = fs.outpaint_windows(src, mask2, plan, run_window, feather=feather, guide=guide)
+    out = fs.outpaint_windows(src, mask2, plan, run_window, feather=feather, guide=guide, blend=blend)
     preview = fs.draw_layout(plan, mask2, src)
     result = FreeSizeResult(image=out[None].to(intermediate_device()), mask=mask2[None].to(intermediate_device()),
                             preview=preview[None].to(intermediate_device()), plan=plan, window=window,
@@ -196,9 +196,6 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
     result.report = report(result, order)
     log.info("%s", result.report.splitlines()[0])
     return result
-
-
-BLENDS = ("alpha",)
 
 
 def report(r: FreeSizeResult, order: str) -> str:
