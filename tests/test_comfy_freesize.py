@@ -183,3 +183,38 @@ def test_native_window_per_family(comfy_env, inference_mode):
     from alignnoise_core.comfy_host import freesize as host
 
     assert host.native_window(comfy_env.tiny_model())[0] == 512
+
+
+def test_cancel_is_honoured_between_steps(comfy_env, inference_mode):
+    """Cancel pressed during the first step of the first window: the node stops after that step."""
+    import comfy.model_management
+    import comfy.patcher_extension
+    import comfy.samplers
+    import comfy.sd
+    import folder_paths
+
+    from alignnoise_core.comfy_host import freesize as host
+
+    name = comfy_env.make_checkpoint("sd15", name="freesize_nocli_sd15.safetensors", with_clip=False)
+    model, _, vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", name),
+                                                          output_vae=True, output_clip=False)[:3]
+    calls = []
+
+    def press_cancel(executor, *args, **kwargs):
+        calls.append(1)
+        comfy.model_management.interrupt_current_processing(True)
+        return executor(*args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_cancel", press_cancel)
+    image = comfy_env.synthetic_image(1, 64, 192)
+    mask = torch.ones(1, 64, 192)
+    mask[:, :, :64] = 0
+    sigmas = torch.tensor([14.6, 4.0, 1.0, 0.0])
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            host.free_size_outpaint(m, comfy_env.fake_conditioning(), comfy_env.fake_conditioning(seed=1), vae, image,
+                                    mask, comfy.samplers.sampler_object("euler"), sigmas, 0, 1.0, window=64)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(calls) == 1  # of 4 windows x 3 steps

@@ -9,7 +9,7 @@ latent ``noise_mask``, so any SAMPLER that reads the mask (the pack's inpainting
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import comfy.model_base
 import comfy.patcher_extension
@@ -76,7 +76,10 @@ class FreeSizeResult:
     steps: int
     hierarchical: bool
     report: str = ""
-    passes: list = field(default_factory=list)
+
+
+def _seed(noise_seed: int, k: int) -> int:
+    return (int(noise_seed) + k) % 2**64
 
 
 def _count_calls(counter: list):
@@ -177,7 +180,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
     factor = fs.pool_factor(height, width, window)
     if use_global:
         gh, gw = fs.global_size(height, width, window)
-        small = sample_crop(fs.resize(src, gh, gw), fs.resize(mask2, gh, gw), int(noise_seed) + len(plan))
+        small = sample_crop(fs.resize(src, gh, gw), fs.resize(mask2, gh, gw), _seed(noise_seed, len(plan)))
         m = mask2[..., None]
         guide = src * (1 - m) + fs.resize(small, height, width).clamp(0, 1) * m
         log.info("FreeSizeOutpaint: hierarchical pass at %dx%d; windows keep %dx%d-cell latent block means",
@@ -186,7 +189,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
     def run_window(win, pixels, regenerate, guide_crop):
         log.info("FreeSizeOutpaint: window %d/%d at (%d, %d) %dx%d, %s, %d px to generate", win.index + 1,
                  len(plan), win.left, win.top, win.width, win.height, win.stage, win.pending)
-        return sample_crop(pixels, regenerate, int(noise_seed) + win.index, guide_crop, factor)
+        return sample_crop(pixels, regenerate, _seed(noise_seed, win.index), guide_crop, factor)
 
     out = fs.outpaint_windows(src, mask2, plan, run_window, feather=feather, guide=guide, blend=blend)
     preview = fs.draw_layout(plan, mask2, src)
