@@ -49,7 +49,7 @@ def one(width_factor: int, window: int, steps: int, rounds: int, hierarchical: b
 
     comfy.utils.set_progress_bar_enabled(False)
     torch.set_num_threads(1)
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
     from alignnoise_core.comfy_host import freesize as host
 
     name = ch.make_checkpoint("sd15", name="bench_freesize_sd15.safetensors", with_clip=False)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import freesize as fs
-from ..comfy_bridge import Progress, check_interrupt, inpaint_conditioning, intermediate_device, random_noise
+from ..validation import mask_bhw, require_image
+from .common import Progress, check_interrupt, inpaint_conditioning, intermediate_device, is_inpaint_model, random_noise
 
 log = logging.getLogger("alignnoise")
 
@@ -46,22 +47,15 @@ def native_window(model) -> tuple[int, str]:
 
 def _check_inputs(image: torch.Tensor, mask: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Validate before any model call; returns the mask as ``[H, W]`` float."""
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"FreeSizeOutpaint takes ONE canvas image [1,H,W,C], got shape {tuple(image.shape)}; "
+    require_image(image, "image")
+    if image.shape[0] != 1:
+        raise ValueError(f"FreeSizeOutpaint takes ONE canvas image [1,H,W,C], got a batch of {image.shape[0]}; "
                          f"pick one with ImageFromBatch.")
-    if not bool(torch.isfinite(image).all()):
-        raise ValueError("image contains NaN or Inf values; check the node that produced it.")
     _, height, width, _ = image.shape
-    m = mask.reshape(-1, mask.shape[-2], mask.shape[-1]) if mask.ndim >= 2 else mask
-    if mask.ndim < 2 or m.shape[0] != 1:
-        raise ValueError(f"mask must be one MASK [H,W] or [1,H,W], got shape {tuple(mask.shape)}.")
-    if tuple(m.shape[-2:]) != (height, width):
-        raise ValueError(f"mask is {m.shape[-1]}x{m.shape[-2]} but the image is {width}x{height}; use the image "
-                         f"and mask of the same OutpaintPad.")
-    if not bool(torch.isfinite(m).all()):
-        raise ValueError("mask contains NaN or Inf values.")
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a schedule of at least 2 values (one step), got shape {tuple(sigmas.shape)}.")
+    m = mask_bhw(mask, 1, height, width, "mask")
+    if not torch.is_tensor(sigmas) or sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a schedule of at least 2 values (one step), got "
+                         f"{tuple(sigmas.shape) if torch.is_tensor(sigmas) else type(sigmas).__name__}.")
     return m[0].to("cpu", torch.float32).clamp(0.0, 1.0)
 
 
@@ -140,7 +134,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
     constraint: dict = {}
     if use_global:
         _add_lowpass_constraint(work, constraint)
-    is_inpaint = len(getattr(model.model, "concat_keys", ())) > 0
+    is_inpaint = is_inpaint_model(model)
     src = image[0].detach().to("cpu", torch.float32)
     stride_px = fs.stride_of(min(window, width), overlap)
     feather = max(0, min(32, (min(window, width) - stride_px) // 4))
