@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import freesize as fs
-from ..alignnoise_core.comfy_host import freesize as host
+from alignnoise_core import freesize as fs
+from alignnoise_core.comfy_host import freesize as host
 
 
 class FreeSizeOutpaint(io.ComfyNode):
