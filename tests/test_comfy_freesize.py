@@ -88,7 +88,7 @@ def test_canvas_in_one_window_is_samplercustomadvanced_bit_for_bit(comfy_env, ki
     assert torch.equal(out[0][mask[0] == 0], canvas[0][mask[0] == 0])  # source pixels exactly
     assert torch.equal(out_mask, mask)
     assert layout.shape == (1, H, W + 64, 3)
-    assert report.startswith(f"FreeSizeOutpaint: 1 windows") and f"UNet evaluations {STEPS} " in report
+    assert report.startswith("FreeSizeOutpaint: 1 window of <= 512 px (raster)") and f"UNet evaluations {STEPS} " in report
 
 
 def test_raster_windows_count_unet_calls_and_keep_the_source(comfy_env):
@@ -181,9 +181,24 @@ def test_bad_input_is_rejected_before_any_model_call(comfy_env, inference_mode):
 
 
 def test_native_window_per_family(comfy_env, inference_mode):
+    """Feature detection from the model config: class name and prediction type (a fresh tiny model
+    relabelled as each family, as the config of a real SD2/SDXL/Flux file would report)."""
+    import comfy.model_base
+
     from alignnoise_core.comfy_host import freesize as host
 
-    assert host.native_window(comfy_env.tiny_model())[0] == 512
+    def as_family(name, model_type=None):
+        m = comfy_env.tiny_model()
+        m.model.model_config.__class__ = type(name, (type(m.model.model_config),), {})
+        if model_type is not None:
+            m.model.model_type = model_type
+        return host.native_window(m)[0]
+
+    assert host.native_window(comfy_env.tiny_model())[0] == 512  # SD15
+    assert as_family("SD20", comfy.model_base.ModelType.V_PREDICTION) == 768  # 768-v
+    assert as_family("SD20", comfy.model_base.ModelType.EPS) == 512  # 512-base, 512-inpainting
+    assert as_family("SDXL") == 1024
+    assert as_family("SomeFutureModel") == 1024
 
 
 def test_cancel_is_honoured_between_steps(comfy_env, inference_mode):

@@ -196,7 +196,8 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
 
 
 def report(r: FreeSizeResult, order: str) -> str:
-    head = (f"FreeSizeOutpaint: {len(r.plan)} windows of <= {r.window} px ({order})"
+    n = len(r.plan)
+    head = (f"FreeSizeOutpaint: {n} window{'s' if n != 1 else ''} of <= {r.window} px ({order})"
             f"{' + 1 hierarchical pass' if r.hierarchical else ''}, {r.steps} steps each; "
             f"UNet evaluations {r.unet_calls} (passes x steps = {(len(r.plan) + int(r.hierarchical)) * r.steps})")
     rows = [f"{w.index + 1}: x={w.left} y={w.top} {w.width}x{w.height} {w.stage} ({w.pending} px)" for w in r.plan]
