@@ -1,0 +1,1 @@
+"""ComfyUI-aware glue, one module per feature (imports ``comfy`` at module top; imported by ``nodes/`` only)."""

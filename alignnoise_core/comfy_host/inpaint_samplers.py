@@ -1,0 +1,353 @@
+"""The training-free inpainting samplers (RePaint, DDNM, DiffPIR, ΠGDM, MCG) as ComfyUI SAMPLERs.
+
+How a run maps onto ComfyUI (``SamplerCustomAdvanced`` → ``CFGGuider.sample`` → ``Sampler.sample``):
+
+* The known region is the LATENT's ``noise_mask``: ComfyUI hands it to ``Sampler.sample`` as
+  ``denoise_mask`` (already resized to the latent, 1 = generate) together with ``latent_image`` in model
+  space. Subclassing ``comfy.samplers.Sampler`` (not ``KSAMPLER``) means ComfyUI's
+  ``KSamplerX0Inpaint`` never wraps the model, so its fixed-noise replacement and x0 paste are not
+  applied on top of each method's own known-region treatment: the denoiser the core sees is the
+  guider itself (CFG, conds, the 9-channel concat built by ``process_conds`` all stay).
+* The start is ``model_sampling.noise_scaling(sigmas[0], noise, latent_image)`` exactly as KSAMPLER
+  builds it, and the result goes through ``inverse_noise_scaling``.
+* The re-noising space (VE for EPS/V_PREDICTION/EDM, FLOW for CONST) comes from the model's own
+  ``model_sampling``: its class and a numeric probe of ``noise_scaling`` (so a CONST with a
+  ``noise_scale`` ≠ 1 or an image-to-image subclass is refused instead of being mis-modelled).
+* ``denoise_mask_function`` (Differential Diffusion) is evaluated at every model call with ComfyUI's
+  arguments; where the per-step mask still says "keep", the x0 prediction is pasted with the latent,
+  as ComfyUI's own inpaint wrapper does. The method's own treatment and the final paste use the
+  LATENT's (soft) mask.
+* ΠGDM and MCG differentiate through the model. The guider's model is already loaded when
+  ``Sampler.sample`` runs and a SAMPLER has no MODEL input, so the sampler runs a nested
+  ``guider.sample`` on a differentiable clone of the guider's model (identity weight wrappers: fresh
+  non-inference weight copies per forward; the non-dynamic delegate on ComfyUI ≥ 0.3x dynamic VRAM;
+  ``in_training`` and a backward-capable attention while it runs), outside inference mode, and
+  releases the clone afterwards: nothing stays on the user's MODEL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+
+from .. import inpaint
+from ..comfy_bridge import check_interrupt, differentiable_attention_override, differentiable_clone, release_model
+
+log = logging.getLogger("alignnoise")
+
+_HOW_TO_MASK = ("Give the sampler a LATENT with a noise_mask: SetLatentNoiseMask (VAEEncode + MASK), VAEEncodeForInpaint, "
+                "or InpaintModelConditioning with noise_mask enabled; 1 in the mask = generate, 0 = keep.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Which space the model samples in
+# --------------------------------------------------------------------------------------------------
+
+# Owners allowed for each model_sampling method: anything else (X0, IMG_TO_IMG, COSMOS_RFLOW, newer
+# CONST subclasses) changes what the sampler state means, so it is refused rather than guessed.
+_VE_OWNERS = {"calculate_input": ("EPS",), "calculate_denoised": ("EPS", "V_PREDICTION", "EDM"),
+              "noise_scaling": ("EPS",), "inverse_noise_scaling": ("EPS",)}
+_FLOW_OWNERS = {"calculate_input": ("CONST",), "calculate_denoised": ("CONST",), "noise_scaling": ("CONST",),
+                "inverse_noise_scaling": ("CONST",)}
+
+
+def _owner(cls, attr: str):
+    return next((c for c in cls.__mro__ if attr in vars(c)), None)
+
+
+def sampling_space(model_sampling, model_name: str, feature: str) -> str:
+    """``"ve"`` (x = x0 + σ·ε) or ``"flow"`` (x = (1 − σ)·x0 + σ·ε) for a ComfyUI ``model_sampling``.
+
+    Raises:
+        ValueError: for prediction types whose sampler state is neither (named in the message).
+    """
+    cls = type(model_sampling)
+    kind = None
+    for name, owners in (("ve", _VE_OWNERS), ("flow", _FLOW_OWNERS)):
+        found = {attr: _owner(cls, attr) for attr in owners}
+        if all(c is not None and c.__module__ == comfy.model_sampling.__name__ and c.__name__ in owners[attr]
+               for attr, c in found.items()):
+            kind = name
+    if kind is not None:
+        # Probe the state relation itself: catches a noise_scale factor or a patched noise_scaling.
+        sigma = torch.tensor([0.5])
+        noise, x0 = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0)
+        got = float(model_sampling.noise_scaling(sigma, noise.clone(), x0.clone(), max_denoise=False).flatten()[0])
+        expected = 2.5 if kind == "ve" else 1.5
+        back = float(model_sampling.inverse_noise_scaling(torch.tensor([0.0]), x0.clone()).flatten()[0])
+        if abs(got - expected) > 1e-5 or abs(back - 2.0) > 1e-5:
+            kind = None
+    if kind is None:
+        chain = " → ".join(c.__name__ for c in cls.__mro__[1:] if c is not object)
+        raise ValueError(
+            f"{feature} supports eps, v-prediction (VE state x = x0 + σ·ε) and rectified-flow/CONST models "
+            f"(x = (1 − σ)·x0 + σ·ε), but the '{model_name}' model samples with {chain}, whose noise_scaling "
+            f"does not match either. Use a standard SD1.x/SD2/SDXL/SD3/Flux-type model.")
+    return kind
+
+
+# --------------------------------------------------------------------------------------------------
+# The denoiser the core sees
+# --------------------------------------------------------------------------------------------------
+
+
+class GuiderDenoiser:
+    """k-diffusion style denoiser ``d(x, sigma, **extra_args) -> x0`` on a ComfyUI guider, without
+    ComfyUI's inpaint wrapper. ``inner_model`` is the guider (k-diffusion samplers look for
+    ``model.inner_model.inner_model.model_sampling``, as on ``KSamplerX0Inpaint``). Counts
+    evaluations and honours Cancel on every call."""
+
+    def __init__(self, guider):
+        self.inner_model = guider
+        self.evaluations = 0
+
+    def __call__(self, x, sigma, model_options=None, seed=None, **_ignored):
+        check_interrupt()
+        self.evaluations += 1
+        return self.inner_model(x, sigma, model_options={} if model_options is None else model_options, seed=seed)
+
+
+def step_mask_function(guider, sigmas: torch.Tensor, mask: torch.Tensor, model_options: dict):
+    """``mask_fn(sigma)`` for the core from the model's ``denoise_mask_function`` (Differential
+    Diffusion), called exactly as ComfyUI's inpaint wrapper calls it; None when the model has none."""
+    function = model_options.get("denoise_mask_function")
+    if function is None:
+        return None
+
+    def mask_fn(sigma):
+        s = torch.as_tensor(sigma, dtype=sigmas.dtype, device=sigmas.device).reshape(-1).expand(mask.shape[0])
+        return function(s, mask, extra_options={"model": guider, "sigmas": sigmas})
+
+    return mask_fn
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation (before any model call)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_inputs(feature: str, noise, latent_image, denoise_mask, sigmas, space, preflight=None) -> None:
+    """Refuse what the sampler cannot work with, naming the input and the fix (the core's checks,
+    run here so they happen before the guider loads anything)."""
+    if denoise_mask is None:
+        raise ValueError(f"{feature}: the LATENT has no noise_mask, so there is no known region to keep. "
+                         + _HOW_TO_MASK)
+    try:
+        inpaint.validate(noise, sigmas, latent_image, denoise_mask, space)
+        if preflight is not None:
+            preflight(int(sigmas.shape[-1]) - 1)
+    except ValueError as e:
+        raise ValueError(f"{feature}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The SAMPLER
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    """What the last run of a sampler did (also logged): model evaluations and the core's stats
+    (RePaint's ``resamplings`` / ``accepted``)."""
+
+    model_evaluations: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class InpaintSampler(comfy.samplers.Sampler):
+    """A ComfyUI SAMPLER running one of ``alignnoise_core.inpaint``'s sampler functions.
+
+    Args:
+        feature: node id, for messages and the log.
+        function: the core function ``fn(model, x, sigmas, extra_args, callback, disable, *, known, mask,
+            space, generator, mask_fn, stats, **options)``.
+        options: the method's keyword options.
+        needs_grad: the method takes a vector-Jacobian product through the model (ΠGDM, MCG).
+        preflight: ``fn(n_steps)`` raising ValueError for a SIGMAS the method cannot use (RePaint's jump).
+        expected_steps: ``fn(n_steps) -> model evaluations`` for the progress bar.
+        base_sampler: optional ComfyUI SAMPLER whose step drives the descending moves (RePaint).
+        on_stats: called with the :class:`RunStats` of every run (the node's report channel).
+
+    The fresh noise of every method comes from ``extra_args["seed"]`` (the NOISE's seed that
+    SamplerCustomAdvanced forwards, as for ComfyUI's ancestral samplers) + 1, on a CPU generator.
+    """
+
+    def __init__(self, feature: str, function: Callable, options: dict | None = None, needs_grad: bool = False,
+                 preflight: Callable | None = None, expected_steps: Callable | None = None, base_sampler=None,
+                 on_stats: Callable | None = None):
+        self.feature = feature
+        self.function = function
+        self.options = dict(options or {})
+        self.needs_grad = needs_grad
+        self.preflight = preflight
+        self.expected_steps = expected_steps
+        self.base_sampler = base_sampler
+        self.on_stats = on_stats
+        self.last_stats = RunStats()
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        base_model = model_wrap.inner_model
+        if latent_image is None:
+            latent_image = torch.zeros_like(noise)
+        if denoise_mask is None:
+            denoise_mask = extra_args.get("denoise_mask")
+        model_name = type(base_model.model_config).__name__
+        kind = sampling_space(base_model.model_sampling, model_name, self.feature)
+        space = inpaint.VE if kind == "ve" else inpaint.FLOW
+        check_inputs(self.feature, noise, latent_image, denoise_mask, sigmas, space, self.preflight)
+        step = ksampler_step(self.base_sampler, self.feature) if self.base_sampler is not None else None
+        if self.needs_grad:
+            return self._sample_differentiable(model_wrap, sigmas, extra_args, callback, noise, latent_image,
+                                               denoise_mask, disable_pbar, space)
+        return self._run(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
+                         space, step)
+
+    def _run(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar, space,
+             step=None):
+        """The core run on a guider whose conds are processed; returns model space like KSAMPLER."""
+        ms = guider.inner_model.model_sampling
+        mask = denoise_mask.to(latent_image.dtype)
+        args = dict(extra_args)
+        args["denoise_mask"] = None  # ComfyUI's fixed-noise blending stays off (the core does its own)
+        mask_fn = step_mask_function(guider, sigmas, mask, args.get("model_options", {}))
+        generator = torch.Generator("cpu").manual_seed(int(args.get("seed") or 0) + 1)
+        denoiser = GuiderDenoiser(guider)
+        n_steps = len(sigmas) - 1
+        total = self.expected_steps(n_steps) if self.expected_steps is not None else n_steps
+        k_callback = _progress_callback(callback, total) if callback is not None else None
+        options = dict(self.options)
+        if step is not None:
+            options["step_fn"] = step
+        x = ms.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(guider, sigmas))
+        stats: dict = {}
+        out = self.function(denoiser, x, sigmas, extra_args=args, callback=k_callback, disable=disable_pbar,
+                            known=latent_image, mask=mask, space=space, generator=generator, mask_fn=mask_fn,
+                            stats=stats, **options)
+        self.last_stats = RunStats(model_evaluations=denoiser.evaluations, extra=stats)
+        summary = "".join(f", {k} {v}" for k, v in stats.items() if isinstance(v, (int, float)) and k != "nfe")
+        log.info("%s: %d model evaluations over %d SIGMAS steps (%s space%s)", self.feature, denoiser.evaluations,
+                 n_steps, space.name, summary)
+        if self.on_stats is not None:
+            self.on_stats(self.last_stats)
+        return ms.inverse_noise_scaling(sigmas[-1], out)
+
+    def _sample_differentiable(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                               disable_pbar, space):
+        """Re-run the guider on a differentiable clone of its model (see the module docstring)."""
+        patcher = guider.model_patcher
+        delegate = getattr(patcher, "get_non_dynamic_delegate", None)  # ComfyUI dynamic VRAM (0.3x+)
+        m = differentiable_clone(delegate() if callable(delegate) else patcher)
+        inner = copy.copy(guider)  # same conds/cfg/predict_noise (custom guiders keep their behaviour)
+        inner.model_patcher = m
+        inner.model_options = _backward_capable_attention(m, guider.model_options)
+        outer = self
+        result = {}
+
+        class _Nested(comfy.samplers.Sampler):
+            def sample(self, model_wrap, sigmas_, extra_args_, callback_, noise_, latent_image_=None,
+                       denoise_mask_=None, disable_pbar_=False):
+                # The outer model-space tensors are used as they are (exact known region); the nested
+                # guider only supplies conds processed for the clone. Inputs are cloned out of inference mode.
+                result["x"] = outer._run(model_wrap, sigmas.clone(), extra_args_, callback, noise.clone(),
+                                         latent_image.clone(), denoise_mask.clone(), disable_pbar, space)
+                return result["x"]
+
+        base = guider.inner_model
+        latent_out = base.process_latent_out(latent_image) if torch.count_nonzero(latent_image) > 0 else latent_image
+        requires_grad = {name: p.requires_grad for name, p in m.model.named_parameters()}
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), _in_training():
+                m.model.requires_grad_(False)  # grads only w.r.t. x, never accumulated into the weights
+                inner.sample(noise.clone(), latent_out.clone(), _Nested(), sigmas.clone(),
+                             denoise_mask=denoise_mask.clone(), callback=None, disable_pbar=disable_pbar,
+                             seed=extra_args.get("seed"))
+        finally:
+            for name, p in m.model.named_parameters():
+                if p.requires_grad != requires_grad.get(name, p.requires_grad):
+                    p.requires_grad_(requires_grad[name])
+            release_model(m)
+        return result["x"].detach()
+
+
+def _backward_capable_attention(m, model_options: dict) -> dict:
+    """Attention with a backward pass while differentiating (sage attention has none)."""
+    setter = getattr(m, "set_model_optimized_attention", None)  # official setter in newer ComfyUI
+    if callable(setter):
+        import comfy.ldm.modules.attention as attention
+
+        setter(lambda func, *args, **kwargs: attention.attention_pytorch(*args, **kwargs))
+        merged = dict(model_options)
+        merged["transformer_options"] = {**model_options.get("transformer_options", {}),
+                                         **m.model_options.get("transformer_options", {})}
+        return merged
+    return differentiable_attention_override(model_options)
+
+
+@contextlib.contextmanager
+def _in_training():
+    """Set ``comfy.model_management.in_training`` (autograd-safe op paths) where ComfyUI has it."""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+def _progress_callback(callback, steps: int):
+    """ComfyUI's ``callback(i, x0, x, total)`` from the core's k-diffusion dicts; one tick per model step.
+    (RePaint-style walks revisit levels, so the index is a running count and the total grows if needed.)"""
+    state = {"i": 0, "total": max(1, steps)}
+
+    def k_callback(d):
+        check_interrupt()
+        state["total"] = max(state["total"], int(d.get("total", state["total"])), state["i"] + 1)
+        callback(state["i"], d["denoised"], d["x"], state["total"])
+        state["i"] += 1
+
+    return k_callback
+
+
+def ksampler_step(sampler, feature: str = "RePaintSampler") -> Callable:
+    """One descending move run by any ComfyUI SAMPLER: a KSAMPLER's ``sampler_function`` on the
+    two-sigma slice ``[sigma, sigma_next]``, with the run's extra_args.
+
+    Each call gets its own seed (the run's seed + a call count), so ancestral/SDE samplers draw fresh
+    noise per step instead of repeating their first draw. Limits: multistep samplers (dpmpp_2m,
+    deis, ipndm, res_multistep, …) lose their history between calls and act as their first-order
+    start; samplers with several model calls per step (heun, dpmpp_2s_ancestral, …) cost that many
+    evaluations per descending move; dpm_fast / dpm_adaptive plan over the whole schedule and are refused.
+    """
+    function = getattr(sampler, "sampler_function", None)
+    if function is None:
+        raise ValueError(f"{feature}: the 'sampler' input must be a KSAMPLER (e.g. from KSamplerSelect); got "
+                         f"{type(sampler).__name__}, which cannot be run one step at a time.")
+    name = getattr(function, "__name__", "")
+    if "dpm_fast" in name or "dpm_adaptive" in name:
+        raise ValueError(f"{feature}: dpm_fast / dpm_adaptive plan over the whole schedule and cannot drive single "
+                         "RePaint steps; pick another sampler (euler, euler_ancestral, ddpm, dpmpp_2s_ancestral, ...).")
+    extra_options = dict(getattr(sampler, "extra_options", {}) or {})
+    calls = {"n": 0}
+
+    def step(model, x, sigma, sigma_next, extra_args):
+        calls["n"] += 1
+        args = dict(extra_args)
+        args["seed"] = int(args.get("seed") or 0) + 7919 * calls["n"]
+        pair = torch.stack([torch.as_tensor(sigma), torch.as_tensor(sigma_next)]).to(x.device, torch.float32)
+        return function(model, x, pair, extra_args=args, callback=None, disable=True, **extra_options)
+
+    return step
