@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, frequency_refine, nmg, outpaint, zoom
+from . import attention_balance, frequency_refine, inpaint_samplers, nmg, outpaint, zoom
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
@@ -10,6 +10,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     *frequency_refine.NODES,
     *nmg.NODES,
     *zoom.NODES,
+    *inpaint_samplers.NODES,
 ]
 
 

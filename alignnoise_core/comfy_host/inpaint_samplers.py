@@ -227,7 +227,7 @@ class InpaintSampler(comfy.samplers.Sampler):
         k_callback = _progress_callback(callback, total) if callback is not None else None
         options = dict(self.options)
         if step is not None:
-            options["step_fn"] = step
+            options["step_fn"] = step(denoiser, sigmas, args)
         x = ms.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(guider, sigmas))
         stats: dict = {}
         out = self.function(denoiser, x, sigmas, extra_args=args, callback=k_callback, disable=disable_pbar,
@@ -323,8 +323,9 @@ def _progress_callback(callback, steps: int):
 
 
 def ksampler_step(sampler, feature: str = "RePaintSampler") -> Callable:
-    """One descending move run by any ComfyUI SAMPLER: a KSAMPLER's ``sampler_function`` on the
-    two-sigma slice ``[sigma, sigma_next]``, with the run's extra_args.
+    """``make(denoiser, sigmas, extra_args) -> step_fn(x, i, i_next, x0)``: RePaint's descending move
+    run by any ComfyUI SAMPLER, i.e. a KSAMPLER's ``sampler_function`` on the two-sigma slice
+    ``sigmas[i:i_next+1]`` with the run's extra_args (its first model call is served from ``x0``).
 
     Each call gets its own seed (the run's seed + a call count), so ancestral/SDE samplers draw fresh
     noise per step instead of repeating their first draw. Limits: multistep samplers (dpmpp_2m,
@@ -341,13 +342,88 @@ def ksampler_step(sampler, feature: str = "RePaintSampler") -> Callable:
         raise ValueError(f"{feature}: dpm_fast / dpm_adaptive plan over the whole schedule and cannot drive single "
                          "RePaint steps; pick another sampler (euler, euler_ancestral, ddpm, dpmpp_2s_ancestral, ...).")
     extra_options = dict(getattr(sampler, "extra_options", {}) or {})
-    calls = {"n": 0}
 
-    def step(model, x, sigma, sigma_next, extra_args):
-        calls["n"] += 1
-        args = dict(extra_args)
-        args["seed"] = int(args.get("seed") or 0) + 7919 * calls["n"]
-        pair = torch.stack([torch.as_tensor(sigma), torch.as_tensor(sigma_next)]).to(x.device, torch.float32)
-        return function(model, x, pair, extra_args=args, callback=None, disable=True, **extra_options)
+    def make(denoiser, sigmas, extra_args):
+        calls = {"n": 0}
 
-    return step
+        def step_fn(x, i, i_next, x0):
+            calls["n"] += 1
+            args = dict(extra_args)
+            args["seed"] = int(args.get("seed") or 0) + 7919 * calls["n"]
+            model = _ServeFirst(denoiser, x, x0)
+            return function(model, x, sigmas[i:i_next + 1], extra_args=args, callback=None, disable=True,
+                            **extra_options)
+
+        return step_fn
+
+    return make
+
+
+class _ServeFirst:
+    """The denoiser for one base-sampler step: its first call at the step's own state returns the x0
+    the core already computed there (no second model evaluation); any other call evaluates."""
+
+    def __init__(self, denoiser, x, x0):
+        self.denoiser, self.inner_model, self.x, self.x0 = denoiser, denoiser.inner_model, x, x0
+
+    def __call__(self, x, sigma, **extra_args):
+        if self.x0 is not None and x is self.x:
+            x0, self.x0 = self.x0, None
+            return x0
+        return self.denoiser(x, sigma, **extra_args)
+
+
+def report_text(text: str) -> None:
+    """Show ``text`` on the node that is running the sampler (SamplerCustomAdvanced) in the UI, where
+    this ComfyUI has progress texts; otherwise nothing (the log has it too)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    send = getattr(server, "send_progress_text", None)
+    if context is None or not callable(send) or getattr(server, "client_id", None) is None:
+        return
+    send(text, context.node_id)
+
+
+_GRAD_METHODS = ("pigdm", "mcg")
+
+
+def make_sampler(method: str, feature: str, base_sampler=None, **options) -> InpaintSampler:
+    """The SAMPLER of one method (``inpaint.SAMPLERS`` key) with its node options.
+
+    Checks the options that need no model (RePaint's jump, the base sampler) here, so a bad node
+    setting fails at the node; SIGMAS-dependent checks run when sampling starts, before any model call."""
+    function = inpaint.SAMPLERS[method]
+    if base_sampler is not None:
+        ksampler_step(base_sampler, feature)  # refuse unusable samplers now
+    preflight = None
+    if method == "repaint":
+        if options.get("schedule", "fixed") == "fixed":
+            def preflight(n):
+                inpaint.schedule.check_jump_fits(n, options["jump_length"], options["jump_n_sample"])
+        else:
+            def preflight(n):
+                inpaint.schedule.check_jump_fits(n, options["adaptive_length"], options["adaptive_u_max"],
+                                                 "SIGMAS (adaptive resampling)")
+    elif method == "ddnm" and options.get("travel_repeat", 1) > 1:
+        def preflight(n):
+            inpaint.schedule.check_jump_fits(n, options["travel_length"], options["travel_repeat"])
+
+    def expected_steps(n):
+        return inpaint.expected_nfe(method, n, **options)
+
+    def on_stats(stats: RunStats):
+        extra = stats.extra
+        text = f"{feature}: {stats.model_evaluations} model evaluations"
+        if "resamplings" in extra:
+            text += f", {extra['resamplings']} resamplings"
+        if "accepted" in extra:
+            text += f" ({extra['accepted']} candidates accepted)"
+        report_text(text)
+
+    return InpaintSampler(feature, function, options, needs_grad=method in _GRAD_METHODS, preflight=preflight,
+                          expected_steps=expected_steps, base_sampler=base_sampler, on_stats=on_stats)
