@@ -93,13 +93,17 @@ class DDNMSampler(io.ComfyNode):
                 io.Int.Input("travel_repeat", default=d["travel_repeat"], min=1, max=20,
                              tooltip="Time travel: how often each travel point is visited; 1 = off (DDNM's s; "
                                      "the paper's configs ship it off). Cost grows about this-fold."),
+                io.Float.Input("sigma_y", default=d["sigma_y"], min=0.0, max=10.0, step=0.001,
+                               tooltip="DDNM+: assumed noise of the known latent (latent units). 0 = exact DDNM "
+                                       "(the known region of x0 is replaced); > 0 blends it in softly at low noise."),
             ],
             outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls, eta, travel_length, travel_repeat) -> io.NodeOutput:
-        options = dict(DEFAULTS["ddnm"], eta=eta, travel_length=travel_length, travel_repeat=travel_repeat)
+    def execute(cls, eta, travel_length, travel_repeat, sigma_y) -> io.NodeOutput:
+        options = dict(DEFAULTS["ddnm"], eta=eta, travel_length=travel_length, travel_repeat=travel_repeat,
+                       sigma_y=sigma_y)
         return io.NodeOutput(glue.make_sampler("ddnm", "DDNMSampler", **options))
 
 
@@ -119,7 +123,7 @@ class DiffPIRSampler(io.ComfyNode):
                         "step. One model evaluation per step." + _USE,
             is_experimental=True,
             inputs=[
-                io.Float.Input("lambda_", default=d["lambda_"], min=0.0, max=1000.0, step=0.01,
+                io.Float.Input("lam", default=d["lam"], min=0.001, max=1000.0, step=0.01,
                                tooltip="DiffPIR's lambda: strength of the prior against the data term (paper 1)."),
                 io.Float.Input("sigma_n", default=d["sigma_n"], min=0.0, max=10.0, step=0.001,
                                tooltip="Assumed noise of the known latent, in latent units (re-tuned for latents; "
@@ -132,8 +136,8 @@ class DiffPIRSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, lambda_, sigma_n, zeta) -> io.NodeOutput:
-        options = dict(DEFAULTS["diffpir"], lambda_=lambda_, sigma_n=sigma_n, zeta=zeta)
+    def execute(cls, lam, sigma_n, zeta) -> io.NodeOutput:
+        options = dict(DEFAULTS["diffpir"], lam=lam, sigma_n=sigma_n, zeta=zeta)
         return io.NodeOutput(glue.make_sampler("diffpir", "DiffPIRSampler", **options))
 
 
@@ -153,7 +157,7 @@ class PiGDMSampler(io.ComfyNode):
                         + _USE,
             is_experimental=True,
             inputs=[
-                io.Float.Input("guidance", default=d["guidance"], min=0.0, max=100.0, step=0.01,
+                io.Float.Input("weight", default=d["weight"], min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the pseudoinverse guidance term (RED-diff's grad_term_weight, "
                                        "re-tuned for latents)."),
                 _eta("pigdm", "DDIM eta of the step (0 = deterministic, as RED-diff's default)."),
@@ -162,8 +166,8 @@ class PiGDMSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, guidance, eta) -> io.NodeOutput:
-        options = dict(DEFAULTS["pigdm"], guidance=guidance, eta=eta)
+    def execute(cls, weight, eta) -> io.NodeOutput:
+        options = dict(DEFAULTS["pigdm"], weight=weight, eta=eta)
         return io.NodeOutput(glue.make_sampler("pigdm", "PiGDMSampler", **options))
 
 
@@ -182,7 +186,7 @@ class MCGSampler(io.ComfyNode):
                         "backward per step) and projects the known region onto the noised latent." + _USE,
             is_experimental=True,
             inputs=[
-                io.Float.Input("step_size", default=d["step_size"], min=0.0, max=100.0, step=0.01,
+                io.Float.Input("step", default=d["step"], min=0.0, max=100.0, step=0.01,
                                tooltip="Gradient step size (re-tuned for latents: the official step overshoots; 0 = "
                                        "plain replacement)."),
                 _eta("mcg", "DDIM eta of the step (1 = DDPM ancestral)."),
@@ -191,8 +195,8 @@ class MCGSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, step_size, eta) -> io.NodeOutput:
-        options = dict(DEFAULTS["mcg"], step_size=step_size, eta=eta)
+    def execute(cls, step, eta) -> io.NodeOutput:
+        options = dict(DEFAULTS["mcg"], step=step, eta=eta)
         return io.NodeOutput(glue.make_sampler("mcg", "MCGSampler", **options))
 
 
