@@ -87,7 +87,7 @@ def sampling_space(model_sampling, model_name: str, feature: str) -> str:
         if abs(got - expected) > 1e-5 or abs(back - 2.0) > 1e-5:
             kind = None
     if kind is None:
-        chain = " → ".join(c.__name__ for c in cls.__mro__[1:] if c is not object)
+        chain = " → ".join(c.__name__ for c in cls.__mro__ if c not in (object, torch.nn.Module))
         raise ValueError(
             f"{feature} supports eps, v-prediction (VE state x = x0 + σ·ε) and rectified-flow/CONST models "
             f"(x = (1 − σ)·x0 + σ·ε), but the '{model_name}' model samples with {chain}, whose noise_scaling "
