@@ -7,7 +7,7 @@ Host-free (torch only). The UNet is reached through a host-supplied callable
 Reference: ``WHUIR/AlignNoise:pipeline/pipeline_sd_alignnoise.py::fn_AAM`` and
 ``::fn_compute_loss_mask`` (loss with a Python loop over query tokens). This module computes the
 same loss vectorised (one ``conv2d`` for all query maps) and fixes the reference's NaN/empty-mask
-quirks (see ``algorithms.md`` §1.9).
+quirks (each is noted where it is fixed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .validation import mask_bhw
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def reference_kernel(dtype: torch.dtype = torch.float32, device=None) -> torch.T
     return (g2 / g2.sum()).to(dtype=dtype, device=device)
 
 
-#: The normalised values of :func:`reference_kernel` to 5 decimals (algorithms.md §1.6).
+#: The normalised values of :func:`reference_kernel` to 5 decimals (``WHUIR/AlignNoise`` ``utils/gaussian_smoothing``).
 REFERENCE_KERNEL_VALUES = (
     (0.04492, 0.12210, 0.04492),
     (0.12210, 0.33191, 0.12210),
@@ -144,12 +146,7 @@ def tokens_from_mask(mask: torch.Tensor, latent_hw: tuple[int, int], grid: tuple
     Returns:
         (B, h*w) bool, row-major.
     """
-    m = mask.float()
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim == 3:
-        m = m[:, None]
-    m = (m >= 0.5).float()
+    m = (mask_bhw(mask)[:, None] >= 0.5).float()
     if tuple(m.shape[-2:]) != tuple(latent_hw):
         m = F.interpolate(m, size=tuple(latent_hw), mode="nearest")
     m = F.interpolate(m, size=tuple(grid), mode="nearest")
@@ -207,9 +204,7 @@ class BalanceResult:
 
 
 def _item_has_outpaint(mask: torch.Tensor, b: int) -> list[bool]:
-    m = mask.float()
-    if m.ndim == 2:
-        m = m[None]
+    m = mask_bhw(mask)
     flat = (m.reshape(m.shape[0], -1) >= 0.5).any(1)
     if flat.shape[0] == 1 and b > 1:
         flat = flat.expand(b)

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import options as o
+from . import padding
+
 logger = logging.getLogger("alignnoise")
 
 EPILOG_OUTPAINT = """examples:
@@ -64,8 +67,18 @@ def _nonneg(text: str) -> int:
     return v
 
 
+def _number(group, flag: str, spec: o.Number, kind=None) -> None:
+    """A flag whose default, type and meaning come from :mod:`alignnoise_core.options`."""
+    kind = kind or type(spec.default)
+    group.add_argument(flag, type=kind, default=kind(spec.default), help=spec.meaning)
+
+
+def _choice(group, flag: str, spec: o.Choice) -> None:
+    group.add_argument(flag, default=spec.default, choices=list(spec.options), help=spec.meaning)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_MODEL
+    from .diffusers_models import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
@@ -92,21 +105,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("AlignNoise stage 1: attention balance (optimises the initial noise)")
     g.add_argument("--no-attention-balance", dest="attention_balance", action="store_false",
                    help="skip stage 1")
-    g.add_argument("--balance-iterations", type=int, default=10, help="maximum optimiser iterations")
-    g.add_argument("--balance-lr", type=float, default=1e-2, help="Adam learning rate")
-    g.add_argument("--balance-threshold", type=float, default=0.55, help="stop when the loss is below this")
-    g.add_argument("--balance-tau", type=float, default=0.15, help="hinge level tau of the loss")
+    _number(g, "--balance-iterations", o.BALANCE_ITERATIONS)
+    _number(g, "--balance-lr", o.BALANCE_LR)
+    _number(g, "--balance-threshold", o.BALANCE_THRESHOLD)
+    _number(g, "--balance-tau", o.BALANCE_TAU)
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute UNet layers in the backward pass instead of storing them (less memory, slower)")
 
     g = p.add_argument_group("AlignNoise stage 2: frequency refinement (a second sampling pass)")
     g.add_argument("--no-frequency-refine", dest="frequency_refine", action="store_false",
                    help="skip stage 2 (one sampling pass)")
-    g.add_argument("--passes", type=int, default=2, help="sampling passes with stage 2 (the paper's num_iters)")
-    g.add_argument("--filter", default="butterworth", choices=["butterworth", "gaussian", "ideal", "box"],
-                   help="low-pass filter that keeps the first pass's layout")
-    g.add_argument("--cutoff", type=float, default=0.25, help="filter cutoff d_s (normalised frequency)")
-    g.add_argument("--filter-order", type=int, default=4, help="butterworth order n")
+    _number(g, "--passes", o.PASSES)
+    _choice(g, "--filter", o.FILTER)
+    _number(g, "--cutoff", o.CUTOFF)
+    _number(g, "--filter-order", o.FILTER_ORDER)
     g.add_argument("--fast-sampling", action="store_true",
                    help="coarse-to-fine: steps*k/passes steps in pass k (e.g. 25 then 50)")
 
@@ -143,10 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", type=_nonneg, default=0, help="pixels to add on every side (adds to the per-side pads)")
     g.add_argument("--width", type=_nonneg, default=0, help="target canvas width instead of pads (0 = image width)")
     g.add_argument("--height", type=_nonneg, default=0, help="target canvas height instead of pads (0 = image height)")
-    g.add_argument("--anchor", default="center",
-                   choices=["center", "top_left", "top", "top_right", "left", "right", "bottom_left", "bottom",
-                            "bottom_right"], help="where the image sits on a target canvas")
-    g.add_argument("--fill", default="edge", choices=["edge", "reflect", "symmetric", "color", "grey", "blur", "noise"],
+    g.add_argument("--anchor", default="center", choices=list(padding.ANCHORS),
+                   help="where the image sits on a target canvas")
+    g.add_argument("--fill", default="edge", choices=list(padding.FILL_MODES),
                    help="initial content of the new area (the inpainting model masks it out; kept for parity "
                         "with OutpaintPad)")
     g.add_argument("--color", default="#808080", help="colour for --fill color ('#RRGGBB' or 'R,G,B')")
@@ -166,21 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("-o", "--out", help="zoom.mp4 (H.264 via PyAV), .webp, .gif, or a directory ending in / for PNG "
                                        "frames; default: IMAGE_zoom.mp4")
     g = z.add_argument_group("zoom")
-    g.add_argument("--zoom", type=float, default=2.0, help="zoom factor per keyframe (2 = shrink to half, A1111)")
+    _number(g, "--zoom", o.ZOOM_FACTOR)
     g.add_argument("--size", type=_size, metavar="WxH",
                    help="frame size; default: the image size rounded down to a multiple of 8")
     g.add_argument("--frames-per-step", type=int, default=30, help="video frames per keyframe step")
     g.add_argument("--fps", type=float, default=30.0, help="frames per second of the video")
-    g.add_argument("--schedule", default="geometric", choices=["geometric", "linear"],
-                   help="geometric = constant zoom speed; linear = the blog's (pulsing) interpolation")
-    g.add_argument("--direction", default="out", choices=["out", "in"], help="zoom out or in")
-    g.add_argument("--overlap", type=float, default=8.0, help="px of the shrunk keyframe's edge regenerated")
-    g.add_argument("--mask-blur", type=float, default=8.0, help="px of softening of the mask's inner edge")
-    g.add_argument("--feather", type=float, default=8.0, help="px of feathering of the re-pasted sharper keyframe")
-    g.add_argument("--fill", default="reflect", choices=["reflect", "grey"], help="initial fill of the new border")
+    _choice(g, "--schedule", o.ZOOM_SCHEDULE)
+    _choice(g, "--direction", o.ZOOM_DIRECTION)
+    _number(g, "--overlap", o.ZOOM_OVERLAP, float)
+    _number(g, "--mask-blur", o.ZOOM_MASK_BLUR, float)
+    _number(g, "--feather", o.ZOOM_FEATHER)
+    _choice(g, "--fill", o.ZOOM_FILL)
     g.add_argument("--start-hold", type=_nonneg, default=0, help="extra copies of the first frame")
     g.add_argument("--end-hold", type=_nonneg, default=0, help="extra copies of the last frame")
-    g.add_argument("--loop", default="none", choices=["none", "ping-pong"], help="ping-pong = play forth and back")
+    _choice(g, "--loop", o.ZOOM_LOOP)
     g.add_argument("--keyframes-dir", metavar="DIR", help="also save the keyframes as PNG files in DIR")
     _add_model_args(z)
 
@@ -225,15 +235,15 @@ def _quiet_hf_libraries() -> None:
 
 
 def _load_model(args):
-    from . import pipeline
+    from . import diffusers_models as models
 
-    pipeline.resolve_device_dtype(args.device, args.dtype)
-    if pipeline.is_local_model(args.model):
-        pipeline.check_model_source(args.model)  # fast errors, before importing diffusers
+    models.resolve_device_dtype(args.device, args.dtype)
+    if models.is_local_model(args.model):
+        models.check_model_source(args.model)  # fast errors, before importing diffusers
     if not args.verbose:
         _quiet_hf_libraries()
-    pipe = pipeline.load_inpaint_pipeline(args.model, args.device, args.dtype)
-    return pipeline.set_scheduler(pipe, args.scheduler)
+    pipe = models.load_inpaint_pipeline(args.model, args.device, args.dtype)
+    return models.set_scheduler(pipe, args.scheduler)
 
 
 def _settings(args):

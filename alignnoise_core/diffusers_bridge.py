@@ -23,8 +23,9 @@ from typing import Optional
 
 import torch
 
-from .attention import AttentionRecorder, EarlyStop, explicit_attention, target_grid
-from .balance import BalanceResult, optimize_noise
+from .attention import AttentionRecorder, EarlyStop, checkpointed_call, explicit_attention
+from .balance import BalanceResult
+from .recipes import attention_balance_session
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def _checkpointing(unet, target_names):
     """Activation checkpointing on every diffusers block that supports it (resnets, transformer
     blocks) except the transformers holding a target-level ``attn1`` (their processor records
     probabilities as a side effect, which a recomputation must not repeat). Flags restored after."""
-    from .attention import checkpointed_call
-
     def func(module, *args, **kwargs):
         return checkpointed_call(module.__call__, *args, **kwargs)
 
@@ -161,6 +160,54 @@ def _checkpointing(unet, target_names):
                 mod._gradient_checkpointing_func = previous
 
 
+class _DiffusersAttentionHost:
+    """The stage-1 session's host on a diffusers UNet: one call ``unet(cat[z_hat, concat], t)`` per
+    iteration with recording processors on the target modules, the UNet frozen meanwhile."""
+
+    def __init__(self, unet, timestep, encoder_hidden_states, concat, chunks):
+        self.unet, self.timestep, self.ehs, self.concat, self.chunks = unet, timestep, encoder_hidden_states, concat, chunks
+        self.session: Optional[_Session] = None
+        self.recorder: Optional[AttentionRecorder] = None
+
+    def attention_levels(self) -> dict:
+        return attention_levels(self.unet)
+
+    def narrow(self, keys):
+        self.recorder.expected_rows = self.chunks * self.recorder.batch
+        self.session.keep_only(set(keys))
+        logger.debug("AlignNoise target level %s: %s", self.recorder.grid, keys)
+
+    def run(self, recorder, keys, early_stop, checkpointing, body):
+        unet = self.unet
+        dtype = next(unet.parameters()).dtype
+        device = next(unet.parameters()).device
+        self.recorder = recorder
+        self.session = session = _Session(unet, early_stop)
+        if keys is not None:
+            recorder.expected_rows = self.chunks * recorder.batch
+        ehs = self.ehs.to(device=device, dtype=dtype)
+
+        def forward(z_hat):
+            x = z_hat.to(device=device, dtype=dtype)
+            if self.concat is not None:
+                x = torch.cat([x, self.concat.to(device=device, dtype=dtype)], dim=1)
+            if self.chunks > 1:
+                x = x.repeat(self.chunks, 1, 1, 1)
+            session.recorder = recorder
+            try:
+                unet(x, self.timestep, encoder_hidden_states=ehs)
+            finally:
+                session.recorder = None
+
+        checkpoint = _checkpointing(unet, keys) if checkpointing else contextlib.nullcontext()
+        with _frozen(unet), checkpoint:
+            session.install(set(keys) if keys is not None else None)
+            try:
+                return body(forward)
+            finally:
+                session.restore()
+
+
 def optimize_unet_noise(
     unet,
     z: torch.Tensor,
@@ -173,7 +220,8 @@ def optimize_unet_noise(
     gradient_checkpointing: bool = False,
     **optimizer_kwargs,
 ) -> BalanceResult:
-    """Optimise initial noise with AlignNoise stage 1 on a diffusers UNet.
+    """Optimise initial noise with AlignNoise stage 1 on a diffusers UNet
+    (:func:`alignnoise_core.recipes.attention_balance_session` with this module as its host).
 
     The UNet input is ``cat[z_hat, concat]`` (9-channel inpaint models: ``concat`` = [mask(1),
     masked-image latent(4)], as ``StableDiffusionInpaintPipeline`` builds it) at ``timestep``, with
@@ -204,54 +252,10 @@ def optimize_unet_noise(
         raise ValueError(
             f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} is not a multiple of the noise batch {b}"
         )
-    levels = attention_levels(unet)
-    level = downsamples
-    if levels and level not in levels:
-        level = max(levels)
-        logger.warning("this UNet has no self-attention at the 1/32-pixel level; using level 1/%d", 8 * 2 ** level)
-    grid = target_grid(z.shape[-2:], level)
-    session = _Session(unet, early_stop)
-    recorder = AttentionRecorder(grid, b)
-    if levels:  # known layout: target modules up front, early stop from the first evaluation on
-        recorder.target_keys = list(levels[level])
-        recorder.discovered = True
-        recorder.expected_rows = chunks * b
-    dtype = next(unet.parameters()).dtype
-    device = next(unet.parameters()).device
-
-    def evaluate(z_hat):
-        x = z_hat.to(device=device, dtype=dtype)
-        if concat is not None:
-            x = torch.cat([x, concat.to(device=device, dtype=dtype)], dim=1)
-        if chunks > 1:
-            x = x.repeat(chunks, 1, 1, 1)
-        recorder.reset()
-        session.recorder = recorder
-        try:
-            unet(x, timestep, encoder_hidden_states=encoder_hidden_states.to(device=device, dtype=dtype))
-        except EarlyStop:
-            pass
-        finally:
-            session.recorder = None
-        if not recorder.discovered:
-            recorder.finish_discovery()
-            recorder.expected_rows = chunks * b
-            session.keep_only(set(recorder.target_keys))
-            logger.debug("AlignNoise target level %s: %s", grid, recorder.target_keys)
-        return recorder.capture()
-
-    checkpointing = contextlib.nullcontext()
-    if gradient_checkpointing:
-        if recorder.discovered:
-            checkpointing = _checkpointing(unet, recorder.target_keys)
-        else:
-            logger.warning("gradient checkpointing skipped: unknown UNet layout (target level found at runtime)")
-    with _frozen(unet), checkpointing:
-        session.install(set(recorder.target_keys) if recorder.discovered else None)
-        try:
-            return optimize_noise(evaluate, z, mask, **optimizer_kwargs)
-        finally:
-            session.restore()
+    host = _DiffusersAttentionHost(unet, timestep, encoder_hidden_states, concat, chunks)
+    session = attention_balance_session(host, z, mask, early_stop=early_stop, downsamples=downsamples,
+                                        gradient_checkpointing=gradient_checkpointing, **optimizer_kwargs)
+    return session.result
 
 
 def first_timestep(scheduler, num_inference_steps: int):

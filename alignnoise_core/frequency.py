@@ -44,6 +44,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .validation import mask_bhw
+
 FILTER_TYPES = ("butterworth", "gaussian", "ideal", "box")
 PARAMETERIZATIONS = ("eps", "flow")
 
@@ -213,18 +215,12 @@ def mask_to_latent(mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B,1,H,W]`` (4-D latents) or ``[B,1,T,H,W]`` (5-D) float tensor on the latent's device.
     """
-    m = mask.detach().to(latent.device, torch.float32)
-    if m.ndim == 2:
-        m = m[None, None]
-    elif m.ndim == 3:
-        m = m[:, None]
-    elif m.ndim == 4 and m.shape[1] != 1:
-        raise ValueError(f"A 4-D mask must be [B,1,H,W], got {tuple(mask.shape)}.")
-    elif m.ndim == 5:
-        if latent.ndim != 5 or m.shape[1] != 1:
+    if mask.ndim == 5:
+        if latent.ndim != 5 or mask.shape[1] != 1:
             raise ValueError(f"A 5-D mask must be [B,1,T,H,W] for a 5-D latent, got {tuple(mask.shape)}.")
-    elif m.ndim != 4:
-        raise ValueError(f"Mask must be [H,W], [B,H,W] or [B,1,H,W], got {tuple(mask.shape)}.")
+        m = mask.detach().to(latent.device, torch.float32)
+    else:
+        m = mask_bhw(mask)[:, None].to(latent.device, torch.float32)
     target = tuple(latent.shape[2:])
     if m.ndim == 5:
         if tuple(m.shape[2:]) != target:

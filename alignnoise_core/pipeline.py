@@ -3,7 +3,7 @@
 This is the standalone (no ComfyUI) path behind ``python -m alignnoise_core``. It reuses the
 host-free core: :mod:`.padding` (canvas and mask), :mod:`.diffusers_bridge` (stage 1, attention
 balance), :mod:`.frequency` (stage 2, masked frequency refinement) and :mod:`.zoom` (keyframe
-geometry and frame interpolation). Control flow (``algorithms.md`` §1.7, §2.3)::
+geometry and frame interpolation). Control flow (``WHUIR/AlignNoise`` ``pipeline_sd_alignnoise.py``)::
 
     z ~ N(0, I)                                   (seeded CPU generator: same picture on any device)
     ẑ = attention_balance(z)                      (stage 1; skipped with attention_balance=False)
@@ -13,7 +13,7 @@ geometry and frame interpolation). Control flow (``algorithms.md`` §1.7, §2.3)
     decode, paste the source pixels back          (paste_back=True; off in the reference)
 
 Differences from the reference pipeline, on purpose: every pass gets a fresh scheduler (the
-reference keeps stale PNDM state into pass 2, ``algorithms.md`` §2.5), the fresh noise of stage 2
+reference keeps stale PNDM state into pass 2), the fresh noise of stage 2
 comes from a seeded generator instead of the global RNG, and the source pixels are pasted back.
 With both stages off, :func:`inpaint` equals ``pipe(...)`` with the same noise (tested).
 
@@ -31,23 +31,21 @@ Python API::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from . import frequency, padding, zoom
+from . import frequency, options, padding, zoom
+from .diffusers_models import DEFAULT_MODEL, load_inpaint_pipeline  # noqa: F401  (public API)
+from .recipes import alignnoise_passes, zoom_keyframe_loop
 
 logger = logging.getLogger("alignnoise")
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 MAX_CANVAS = 8192  # px per side; beyond this no SD UNet/VAE fits in memory anyway
 MIN_CANVAS = 64  # px per side: 8 latent pixels, the smallest grid the UNet's 3 downsamples keep
 
@@ -87,16 +85,16 @@ class AlignNoiseSettings:
     negative_prompt: str = ""
     guidance: float = 0.0
     attention_balance: bool = True
-    balance_iterations: int = 10
-    balance_lr: float = 1e-2
-    balance_threshold: float = 0.55
-    balance_tau: float = 0.15
+    balance_iterations: int = options.BALANCE_ITERATIONS.default
+    balance_lr: float = options.BALANCE_LR.default
+    balance_threshold: float = options.BALANCE_THRESHOLD.default
+    balance_tau: float = options.BALANCE_TAU.default
     gradient_checkpointing: bool = False
     frequency_refine: bool = True
-    passes: int = 2
-    filter_type: str = "butterworth"
-    cutoff: float = 0.25
-    order: int = 4
+    passes: int = options.PASSES.default
+    filter_type: str = options.FILTER.default
+    cutoff: float = options.CUTOFF.default
+    order: int = options.FILTER_ORDER.default
     fast_sampling: bool = False
     paste_back: bool = True
 
@@ -106,18 +104,14 @@ class AlignNoiseSettings:
             raise ValueError(f"steps must be a positive integer, got {self.steps}.")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"guidance must be >= 0 (0 or 1 = off), got {self.guidance}.")
-        if self.balance_iterations < 0:
-            raise ValueError(f"balance iterations must be >= 0, got {self.balance_iterations}.")
-        if not self.balance_lr > 0:
-            raise ValueError(f"balance learning rate must be > 0, got {self.balance_lr}.")
-        if self.passes < 1:
-            raise ValueError(f"passes must be >= 1, got {self.passes}.")
-        if self.filter_type not in frequency.FILTER_TYPES:
-            raise ValueError(f"filter must be one of {frequency.FILTER_TYPES}, got {self.filter_type!r}.")
-        if not 0 <= self.cutoff <= 1.5:
-            raise ValueError(f"cutoff (d_s) must be in [0, 1.5] (normalised frequency), got {self.cutoff}.")
-        if self.order < 1:
-            raise ValueError(f"filter order must be >= 1, got {self.order}.")
+        options.BALANCE_ITERATIONS.check(self.balance_iterations, "balance iterations")
+        options.BALANCE_LR.check(self.balance_lr, "balance learning rate")
+        options.BALANCE_THRESHOLD.check(self.balance_threshold, "balance threshold")
+        options.BALANCE_TAU.check(self.balance_tau, "balance tau")
+        options.PASSES.check(self.passes, "passes")
+        options.FILTER.check(self.filter_type, "filter")
+        options.CUTOFF.check(self.cutoff, "cutoff (d_s)")
+        options.FILTER_ORDER.check(self.order, "filter order")
         if self.fast_sampling and min(self.pass_steps()) < 1:
             raise ValueError(f"fast sampling with {self.steps} steps over {self.n_passes} passes leaves a pass "
                              "with no step; use more steps or fewer passes.")
@@ -158,157 +152,6 @@ class InpaintResult:
 # --------------------------------------------------------------------------------------------------
 # Model loading
 # --------------------------------------------------------------------------------------------------
-
-
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """``auto``: CUDA with float16 when available, else CPU with float32."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"Unknown device {device!r} (use auto, cpu, cuda, cuda:1, mps ...).") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
-    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float32": torch.float32, "fp32": torch.float32}
-    if dtype == "auto":
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
-    elif dtype in names:
-        dt = names[dtype]
-    else:
-        raise ValueError(f"Unknown dtype {dtype!r}; use auto, float16, bfloat16 or float32.")
-    return dev, dt
-
-
-def is_local_model(model: str) -> bool:
-    """A local directory, or something that can only be a path (a hub id is exactly ``owner/name``)."""
-    if Path(model).expanduser().exists():
-        return True
-    return (
-        Path(model).expanduser().is_absolute()
-        or model.startswith((".", "~"))
-        or "\\" in model
-        or model.endswith("/")
-        or model.count("/") != 1
-    )
-
-
-def _class_name_of(model: str, local: bool) -> Optional[str]:
-    """``_class_name`` of the pipeline's ``model_index.json`` (None if it cannot be read)."""
-    if local:
-        index = Path(model).expanduser() / "model_index.json"
-        try:
-            return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-        except (OSError, ValueError):
-            return None
-    try:
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline.load_config(model).get("_class_name")
-    except Exception:  # noqa: BLE001 - the full load below reports the real error
-        return None
-
-
-def check_model_source(model: str) -> tuple[bool, Optional[str]]:
-    """Cheap checks of ``--model`` before loading: a local directory must exist and be a diffusers
-    pipeline, and the pipeline class (``model_index.json``) must be an inpainting one.
-
-    Returns:
-        ``(is_local, class_name or None)``.
-    """
-    local = is_local_model(model)
-    if local:
-        path = Path(model).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"Model directory not found: {path}. Pass a diffusers inpainting pipeline directory (with "
-                f"model_index.json) or a model id such as {DEFAULT_MODEL}."
-            )
-        if path.is_file():
-            raise ValueError(
-                f"Model {path} is a file; pass a diffusers pipeline directory (with model_index.json). Single-file "
-                "checkpoints can be converted with diffusers' StableDiffusionInpaintPipeline.from_single_file(...)"
-                ".save_pretrained(DIR)."
-            )
-        if not (path / "model_index.json").exists():
-            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json inside).")
-    cls_name = _class_name_of(model, local)
-    if cls_name is not None and "Inpaint" not in cls_name:
-        raise ValueError(
-            f"Model {model} is a {cls_name}, not an inpainting pipeline. AlignNoise needs an inpainting model "
-            f"(9-channel UNet), e.g. {DEFAULT_MODEL} or stable-diffusion-v1-5/stable-diffusion-inpainting."
-        )
-    return local, cls_name
-
-
-def load_inpaint_pipeline(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
-    """Load a diffusers ``StableDiffusionInpaintPipeline`` from a model id or a local directory.
-
-    On a machine with internet, a model id is downloaded on first use into the Hugging Face cache
-    (``stabilityai/stable-diffusion-2-inpainting``: about 5 GB). Any SD1.x/SD2.x inpainting pipeline
-    directory works (9-channel UNet).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist.
-        ValueError: the model is not an inpainting pipeline (the message names its class), or the
-            device/dtype is unusable.
-        OSError: diffusers could not load the model (offline, unknown id ...), with a hint.
-    """
-    dev, dt = resolve_device_dtype(device, dtype)
-    local, cls_name = check_model_source(model)
-    from diffusers import StableDiffusionInpaintPipeline
-
-    try:
-        with warnings.catch_warnings():  # diffusers >= 0.36 renamed torch_dtype to dtype; keep >= 0.30 working
-            warnings.simplefilter("ignore", FutureWarning)
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(str(Path(model).expanduser()) if local else model,
-                                                                  torch_dtype=dt)
-    except (OSError, EnvironmentError) as exc:
-        hint = "" if local else (f" (no local directory {model!r} exists, so it was taken as a Hugging Face model "
-                                 "id; a model id needs internet on first use, or pass a local pipeline directory)")
-        raise OSError(f"Could not load model {model}{hint}: {exc}") from exc
-    in_ch = pipe.unet.config.in_channels
-    if in_ch != 9:
-        raise ValueError(
-            f"Model {model} ({cls_name or type(pipe).__name__}) has a {in_ch}-channel UNet, not an inpainting UNet "
-            f"(9 channels). Use an inpainting model such as {DEFAULT_MODEL}."
-        )
-    for part in ("unet", "vae", "text_encoder"):  # inference only: no weight gradients anywhere
-        if getattr(pipe, part, None) is not None:
-            getattr(pipe, part).requires_grad_(False)
-    pipe = pipe.to(dev)
-    pipe.set_progress_bar_config(disable=True)
-    logger.info("Loaded %s (%s) on %s, %s", model, type(pipe).__name__, dev, str(dt).replace("torch.", ""))
-    return pipe
-
-
-#: ``--scheduler`` names -> diffusers classes (built from the model's own scheduler config).
-SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-
-
-def set_scheduler(pipe, name: str = "model"):
-    """Swap the pipeline's scheduler for another diffusers scheduler built from its config.
-
-    ``model`` keeps the model's own (PNDM for SD2-inpainting, the reference's choice).
-    """
-    if name == "model":
-        return pipe
-    if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose model or one of {sorted(SCHEDULERS)}.")
-    import diffusers
-
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
-    return pipe
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,6 +224,60 @@ def _sample(pipe, start, mask_lat, masked_lat, embeds, cfg_scale, steps, seed, d
     return latents, len(sched.timesteps), sched
 
 
+class _DiffusersPasses:
+    """One canvas as a host of :func:`alignnoise_core.recipes.alignnoise_passes`: stage 1 on the
+    pipeline's UNet (reference ``fn_AAM``, at ``timesteps[0]`` of the full schedule, also with fast
+    sampling), passes on fresh scheduler instances, stage 2 re-noising at ``t = 999``."""
+
+    def __init__(self, pipe, settings, cond, embeds, mask_lat, masked_lat, progress, seconds):
+        self.pipe, self.settings, self.cond, self.embeds = pipe, settings, cond, embeds
+        self.mask_lat, self.masked_lat, self.progress, self.seconds = mask_lat, masked_lat, progress, seconds
+        self.unet_calls, self.backward_calls = 0, 0
+
+    def optimize_noise(self, z):
+        from .diffusers_bridge import optimize_pipeline_noise
+
+        s = self.settings
+        t0 = time.perf_counter()
+        bar = _progress(s.balance_iterations, "attention balance", self.progress)
+
+        def on_iter(k, info):
+            bar.set_postfix(loss=f"{info['losses'][0]:.3f}")
+            bar.update(1)
+
+        try:
+            balance = optimize_pipeline_noise(
+                self.pipe, z.to(self.pipe.unet.device), self.mask_lat[:1], self.masked_lat[:1], self.cond,
+                num_inference_steps=s.steps, iterations=s.balance_iterations, lr=s.balance_lr,
+                loss_threshold=s.balance_threshold, tau=s.balance_tau, callback=on_iter,
+                gradient_checkpointing=s.gradient_checkpointing)
+        finally:
+            bar.close()
+        self.unet_calls += balance.forwards
+        self.backward_calls += balance.backwards
+        logger.info("attention balance: %s", balance.status[0])
+        self.seconds["balance"] = time.perf_counter() - t0
+        return balance.noise.float().cpu(), balance
+
+    def refine(self, latents, noise, pass_index):
+        s = self.settings
+        ac = self.pipe.scheduler.alphas_cumprod[-1].item()  # t = num_train_timesteps - 1 (999)
+        return frequency.refine(latents.float().cpu(), noise, math.sqrt((1.0 - ac) / ac),
+                                mask=self.mask_lat[:1].float().cpu(), filter_type=s.filter_type, d_s=s.cutoff,
+                                order=s.order, seed=derive_seed(s.seed, "frequency", pass_index))
+
+    def sample(self, start, steps, pass_index):
+        t0 = time.perf_counter()
+        total = len(self.settings.pass_steps())
+        desc = f"sampling pass {pass_index + 1}/{total}" if total > 1 else "sampling"
+        latents, n_calls, _ = _sample(self.pipe, start, self.mask_lat, self.masked_lat, self.embeds,
+                                      self.settings.guidance, steps, derive_seed(self.settings.seed, "pass", pass_index),
+                                      desc, self.progress)
+        self.unet_calls += n_calls
+        self.seconds[f"pass{pass_index}"] = time.perf_counter() - t0
+        return latents
+
+
 def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseSettings = AlignNoiseSettings(),
             progress: bool = True, noise: Optional[torch.Tensor] = None) -> InpaintResult:
     """Run AlignNoise (or, with both stages off, plain diffusers inpainting) on one canvas.
@@ -398,8 +295,6 @@ def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseS
     Returns:
         :class:`InpaintResult`.
     """
-    from .diffusers_bridge import optimize_pipeline_noise
-
     settings.validate()
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be [H, W, 3] in 0..1, got shape {tuple(image.shape)}.")
@@ -412,7 +307,7 @@ def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseS
     t_start = time.perf_counter()
     cfg = settings.guidance > 1.0
 
-    # Text and pre-processing as StableDiffusionInpaintPipeline (algorithms.md §1.2).
+    # Text and pre-processing as StableDiffusionInpaintPipeline (diffusers ``StableDiffusionInpaintPipeline.__call__``).
     # No autograd graph through the text encoder or VAE: stage 1 differentiates w.r.t. the noise only.
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(settings.prompt, device, 1, cfg, settings.negative_prompt or None)
@@ -428,54 +323,11 @@ def inpaint(pipe, image: torch.Tensor, mask: torch.Tensor, settings: AlignNoiseS
     if tuple(z.shape) != lat_shape:
         raise ValueError(f"noise must have shape {lat_shape}, got {tuple(z.shape)}.")
     seconds["encode"] = time.perf_counter() - t_start
-    steps = settings.pass_steps()
-    unet_calls, backward_calls = 0, 0
-
-    # Stage 1: attention balance (reference fn_AAM) at timesteps[0] of the full schedule, also with fast sampling.
-    balance = None
-    z_hat = z
-    if settings.attention_balance and settings.balance_iterations > 0:
-        t0 = time.perf_counter()
-        bar = _progress(settings.balance_iterations, "attention balance", progress)
-
-        def on_iter(k, info):
-            bar.set_postfix(loss=f"{info['losses'][0]:.3f}")
-            bar.update(1)
-
-        try:
-            balance = optimize_pipeline_noise(
-                pipe, z.to(device), mask_lat[:1], masked_lat[:1], cond, num_inference_steps=settings.steps,
-                iterations=settings.balance_iterations, lr=settings.balance_lr,
-                loss_threshold=settings.balance_threshold, tau=settings.balance_tau, callback=on_iter,
-                gradient_checkpointing=settings.gradient_checkpointing,
-            )
-        finally:
-            bar.close()
-        z_hat = balance.noise.float().cpu()
-        unet_calls += balance.forwards
-        backward_calls += balance.backwards
-        logger.info("attention balance: %s", balance.status[0])
-        seconds["balance"] = time.perf_counter() - t0
-
-    # Sampling passes; stage 2 re-noises the previous pass (algorithms.md §2.3) with fresh schedulers.
-    latents = None
-    for it, n_steps in enumerate(steps):
-        t0 = time.perf_counter()
-        if it == 0:
-            start = z_hat
-        else:
-            ac = pipe.scheduler.alphas_cumprod[-1].item()  # t = num_train_timesteps - 1 (999)
-            sigma = math.sqrt((1.0 - ac) / ac)
-            start = frequency.refine(
-                latents.float().cpu(), z_hat, sigma, mask=mask_lat[:1].float().cpu(),
-                filter_type=settings.filter_type, d_s=settings.cutoff, order=settings.order,
-                seed=derive_seed(settings.seed, "frequency", it),
-            )
-        desc = f"sampling pass {it + 1}/{len(steps)}" if len(steps) > 1 else "sampling"
-        latents, n_calls, _ = _sample(pipe, start, mask_lat, masked_lat, embeds, settings.guidance, n_steps,
-                                      derive_seed(settings.seed, "pass", it), desc, progress)
-        unet_calls += n_calls
-        seconds[f"pass{it}"] = time.perf_counter() - t0
+    host = _DiffusersPasses(pipe, settings, cond, embeds, mask_lat, masked_lat, progress, seconds)
+    latents, _, balance = alignnoise_passes(host, z, settings.pass_steps(),
+                                            attention_balance=settings.attention_balance and
+                                            settings.balance_iterations > 0)
+    unet_calls, backward_calls = host.unet_calls, host.backward_calls
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -611,20 +463,18 @@ def zoom_keyframes(pipe, image: torch.Tensor, steps_out: int, zoom_factor: float
     zoom.check_keyframe_args(h, w, zoom_factor, steps_out)
     _check_canvas(h, w)
     settings.validate()
-    mask = zoom.outpaint_mask(h, w, zoom_factor, overlap=overlap, blur=mask_blur)
-    alpha = zoom.paste_back_alpha(h, w, zoom_factor, overlap=overlap)
-    keys = [image.float().cpu()]
     results = []
     bar = _progress(steps_out, "zoom keyframes", progress)
+
+    def outpaint(canvas, mask, k):
+        res = inpaint(pipe, canvas, mask, replace(settings, seed=settings.seed + k, paste_back=False), progress=progress)
+        results.append(res)
+        bar.update(1)
+        return res.generated
+
     try:
-        for i in range(steps_out):
-            canvas, _ = zoom.shrink_to_center(keys[-1], zoom_factor, fill=fill)
-            step_settings = replace(settings, seed=settings.seed + i, paste_back=False)
-            res = inpaint(pipe, canvas, mask, step_settings, progress=progress)
-            key = zoom.paste_back(res.generated, canvas, alpha) if settings.paste_back else res.generated
-            keys.append(key.clamp(0, 1))
-            results.append(res)
-            bar.update(1)
+        keys = zoom_keyframe_loop(image.float().cpu(), steps_out, zoom_factor, outpaint, overlap=overlap,
+                                  mask_blur=mask_blur, fill=fill, paste_back=settings.paste_back)
     finally:
         bar.close()
     return torch.stack(keys), results

@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignnoise_core import nmg  # noqa: E402
+from alignnoise_core import nmg, nmg_maps  # noqa: E402
 
 TABLE = nmg.discrete_sigmas()
 S_T = 10.0
@@ -135,13 +135,13 @@ def _end_to_end(m: Model, steps: int) -> dict:
     sig = nmg.ddim_sigmas(steps)
     t = time.perf_counter()
     with torch.no_grad():
-        maps = nmg.ddim_invert(m.x0, sig, m.eps(m.src), sigma_floor=float(TABLE[0]))
+        maps = nmg_maps.ddim_invert(m.x0, sig, m.eps(m.src), sigma_floor=float(TABLE[0]))
     t_inv = time.perf_counter() - t
     t = time.perf_counter()
-    plain = nmg.ddim_sample(maps.latents[0], sig, m.cfg(m.src))
+    plain = nmg_maps.ddim_sample(maps.latents[0], sig, m.cfg(m.src))
     t_plain = time.perf_counter() - t
     t = time.perf_counter()
-    recon = nmg.nmg_sample(maps, m.eps(m.null), m.cfg(m.src))
+    recon = nmg_maps.nmg_sample(maps, m.eps(m.null), m.cfg(m.src))
     t_nmg = time.perf_counter() - t
     return {"inversion": t_inv, "plain_recon": t_plain, "nmg": t_nmg,
             "err_plain": float((plain - m.x0).abs().mean()), "err_nmg": float((recon - m.x0).abs().mean())}

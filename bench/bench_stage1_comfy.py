@@ -39,15 +39,15 @@ from bench_stage2 import build_model, inpaint_inputs  # noqa: E402
 
 
 def plain_forward_backward(model, pos, neg, latent, sigmas, reps: int) -> list[float]:
-    """Times of ``reps`` frozen full forward+backward passes to the input, inside one sampler run."""
-    from alignnoise_core import comfy_bridge as cb
+    """Times of ``reps`` frozen full forward+backward passes to the input, inside one sampler run
+    (the pack's gradient session: the same per-forward weight copies as stage 1)."""
+    from alignnoise_core.comfy_host import common
 
     times: list[float] = []
 
     def fn(ctx):
         ms = ctx.base_model.model_sampling
-        with cb.grad_enabled():
-            ctx.base_model.requires_grad_(False)
+        with common.gradient_session(ctx.base_model):
             sigma = ctx.sigmas[:1].detach().clone()
             lat = ctx.latent_image.detach().clone()
             for _ in range(reps):
@@ -59,21 +59,21 @@ def plain_forward_backward(model, pos, neg, latent, sigmas, reps: int) -> list[f
                 times.append(time.perf_counter() - t)
         return ctx.latent_image
 
-    m = cb.differentiable_clone(model)
+    m = model.clone()
     try:
-        noise = cb.random_noise(latent, 0)
-        cb.run_sampler(m, pos, neg, 1.0, latent["samples"], sigmas, fn, noise=noise)
+        noise = common.random_noise(latent, 0)
+        common.run_sampler(m, pos, neg, 1.0, latent["samples"], sigmas, fn, noise=noise)
     finally:
-        cb.release_model(m)
+        common.release_model(m)
     return times
 
 
 def stage1(model, pos, neg, latent, mask, sigmas, iterations: int, checkpointing: bool) -> float:
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1 as stage1_host
 
     t = time.perf_counter()
-    cb.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=iterations, loss_threshold=0.0,
-                         gradient_checkpointing=checkpointing)
+    stage1_host.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=iterations,
+                                  loss_threshold=0.0, gradient_checkpointing=checkpointing)
     return time.perf_counter() - t
 
 
@@ -92,7 +92,7 @@ def main():
 
     comfy.utils.set_progress_bar_enabled(False)
     torch.set_num_threads(args.threads)
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model, n_params = build_model(args.width)
     print(f"# AlignNoise stage 1 through ComfyUI (CPU, torch {torch.__version__}, {torch.get_num_threads()} threads)\n")
@@ -104,7 +104,7 @@ def main():
     for size in args.sizes:
         pos, neg, latent, mask = inpaint_inputs(size, size // 4)
         with torch.inference_mode():
-            sig = cb.calculate_sigmas(model, "normal", 50)
+            sig = common.calculate_sigmas(model, "normal", 50)
             best = {"plain": float("inf"), "stage1": float("inf"), "stage1_ckpt": float("inf")}
             plain_forward_backward(model, pos, neg, latent, sig, 1)  # warm-up
             stage1(model, pos, neg, latent, mask, sig, 1, False)

@@ -145,7 +145,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     import comfy.model_management as mm  # noqa: F401  (after args.cpu)
-    from alignnoise_core import comfy_bridge as cb, frequency
+    from alignnoise_core import frequency
+    from alignnoise_core.comfy_host import common
 
     model, n_params = build_model(args.width)
     pos, neg, latent, mask = inpaint_inputs(args.size, args.size // 4)
@@ -154,9 +155,9 @@ def main():
     random_noise = node("RandomNoise")
 
     with torch.inference_mode():
-        sig_full = cb.calculate_sigmas(model, "normal", args.steps)
-        sig_half = cb.calculate_sigmas(model, "normal", frequency.fast_sampling_steps(args.steps, 2)[0])
-        sig_short = cb.calculate_sigmas(model, "normal", args.step_steps)
+        sig_full = common.calculate_sigmas(model, "normal", args.steps)
+        sig_half = common.calculate_sigmas(model, "normal", frequency.fast_sampling_steps(args.steps, 2)[0])
+        sig_short = common.calculate_sigmas(model, "normal", args.step_steps)
         noise0 = result(random_noise.execute(1))[0]
         # Warm-up of every component (the first large allocations and runs are markedly slower).
         if have_stage1:

@@ -7,9 +7,9 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from ..alignnoise_core import comfy_bridge
-from ..alignnoise_core.attention import attention_preview
-from ..alignnoise_core.balance import tokens_from_mask
+from alignnoise_core.comfy_host import common, stage1
+from alignnoise_core.attention import attention_preview
+from alignnoise_core.balance import tokens_from_mask
 
 log = logging.getLogger("alignnoise")
 
@@ -18,7 +18,7 @@ def _fmt(values) -> str:
     return " ".join(f"{v:.4f}" for v in values)
 
 
-def _report(run: comfy_bridge.BalanceRun, threshold: float) -> str:
+def _report(run: stage1.BalanceRun, threshold: float) -> str:
     r = run.result
     lines = []
     if r.grid is not None:
@@ -104,11 +104,11 @@ class AttentionBalanceNoiseOptimize(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, sigmas, noise_seed, cfg, iterations, lr,
                 loss_threshold, tau, smooth, mask=None, gradient_checkpointing=False) -> io.NodeOutput:
-        run = comfy_bridge.attention_balance(
+        run = stage1.attention_balance(
             model, positive, negative, latent_image, sigmas, noise_seed, mask=mask, cfg=cfg, iterations=iterations,
             lr=lr, loss_threshold=loss_threshold, tau=tau, smooth=smooth,
             gradient_checkpointing=gradient_checkpointing)
-        noise = comfy_bridge.TensorNoise(run.noise, noise_seed, source="AttentionBalanceNoiseOptimize")
+        noise = common.TensorNoise(run.noise, noise_seed, source="AttentionBalanceNoiseOptimize")
         report = _report(run, loss_threshold)
         log.info("AttentionBalanceNoiseOptimize:\n%s", report)
         samples = latent_image["samples"]
@@ -117,7 +117,7 @@ class AttentionBalanceNoiseOptimize(io.ComfyNode):
         tm = None
         if r.grid is not None:
             m = mask if mask is not None else latent_image.get("noise_mask")
-            tm = tokens_from_mask(m.float() if m.ndim != 4 else m[:, 0].float(), samples.shape[-2:], r.grid)
+            tm = tokens_from_mask(m, samples.shape[-2:], r.grid)
             if tm.shape[0] == 1 and samples.shape[0] > 1:
                 tm = tm.expand(samples.shape[0], -1)
         preview = attention_preview(r.maps_before, r.maps_after, tm, size).to(torch.float32)
@@ -127,7 +127,6 @@ class AttentionBalanceNoiseOptimize(io.ComfyNode):
         ui_out = {**shown.as_dict(), "text": (report,)}
         return io.NodeOutput(noise, preview, report, ui=ui_out)
 
-    optimize = execute
 
 
 NODES = [AttentionBalanceNoiseOptimize]

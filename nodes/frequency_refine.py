@@ -6,7 +6,8 @@ import logging
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import comfy_bridge, frequency
+from alignnoise_core import frequency
+from alignnoise_core.comfy_host import stage2
 
 log = logging.getLogger("alignnoise")
 
@@ -63,7 +64,7 @@ class FrequencyNoiseRefine(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, samples, noise, filter, d_s, order, d_t, seed, mask=None, sigmas=None) -> io.NodeOutput:
-        refined, info = comfy_bridge.frequency_refine(
+        refined, info = stage2.frequency_refine(
             model, samples, noise, mask=mask, filter_type=filter, d_s=d_s, order=order, d_t=d_t, seed=seed,
             sigmas=sigmas,
         )
@@ -72,7 +73,6 @@ class FrequencyNoiseRefine(io.ComfyNode):
                  "outpainted region refined" if info["masked"] else "no mask: whole latent refined")
         return io.NodeOutput(refined)
 
-    refine = execute
 
 
 NODES = [FrequencyNoiseRefine]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import comfy_bridge, nmg
+from alignnoise_core import nmg
+from alignnoise_core.comfy_host import nmg as nmg_host
 
 NMGNoiseMaps = io.Custom("NMG_NOISE_MAPS")
 
@@ -42,10 +43,9 @@ class NMGInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent_image, sigmas) -> io.NodeOutput:
-        maps, latent = comfy_bridge.nmg_invert(model, positive, latent_image, sigmas)
+        maps, latent = nmg_host.nmg_invert(model, positive, latent_image, sigmas)
         return io.NodeOutput(maps, latent)
 
-    invert = execute
 
 
 class NMGGuidance(io.ComfyNode):
@@ -97,12 +97,11 @@ class NMGGuidance(io.ComfyNode):
     def execute(cls, model, positive, negative, noise_maps, cfg=nmg.DEFAULT_TEXT_SCALE,
                 grad_scale=nmg.DEFAULT_GRAD_SCALE, noise_map_scale=nmg.DEFAULT_NOISE_MAP_SCALE, loss="l1",
                 start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
-        guider = comfy_bridge.nmg_guider(model, positive, negative, noise_maps, cfg=cfg, grad_scale=grad_scale,
-                                         noise_map_scale=noise_map_scale, loss=loss, start=start_percent,
-                                         end=end_percent)
+        guider = nmg_host.nmg_guider(model, positive, negative, noise_maps, cfg=cfg, grad_scale=grad_scale,
+                                     noise_map_scale=noise_map_scale, loss=loss, start=start_percent,
+                                     end=end_percent)
         return io.NodeOutput(guider)
 
-    get_guider = execute
 
 
 NODES = [NMGInvert, NMGGuidance]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import padding
+from alignnoise_core import padding
 
 MAX_PX = 16384
 

@@ -9,8 +9,11 @@ import logging
 
 from comfy_api.latest import io
 
-from ..alignnoise_core import comfy_bridge as bridge
-from ..alignnoise_core import zoom as zoom_core
+from alignnoise_core import options, validation
+from alignnoise_core import zoom as zoom_core
+from alignnoise_core.comfy_host import common
+from alignnoise_core.comfy_host import zoom as zoom_host
+from ._widgets import choice, number
 
 log = logging.getLogger("alignnoise")
 
@@ -35,8 +38,7 @@ class ZoomInterpolate(io.ComfyNode):
             inputs=[
                 io.Image.Input("keyframes", tooltip="Keyframes, all the same size; each one is the previous one "
                                                     "zoomed out by zoom_factor (e.g. from ZoomOutpaintKeyframes)."),
-                io.Float.Input("zoom_factor", default=2.0, min=1.0, max=64.0, step=0.01,
-                               tooltip="Zoom between consecutive keyframes (> 1). 2 = the previous keyframe fills the "
+                number("zoom_factor", options.ZOOM_FACTOR, tooltip="Zoom between consecutive keyframes (> 1). 2 = the previous keyframe fills the "
                                        "centre half (A1111 infinite zoom's default). Ignored when pad_px > 0."),
                 io.Int.Input("pad_px", default=0, min=0, max=8192,
                              tooltip="Alternative to zoom_factor: the keyframes were made by padding this many px per "
@@ -44,25 +46,21 @@ class ZoomInterpolate(io.ComfyNode):
                 io.Int.Input("frames_per_keyframe", default=30, min=1, max=MAX_FRAMES,
                              tooltip="Frames from one keyframe to the next (= fps x seconds per keyframe). "
                                      "Video length = (keyframes - 1) x this + 1 frames, plus holds."),
-                io.Combo.Input("direction", options=list(zoom_core.DIRECTIONS), default="out",
-                               tooltip="out: start at the first keyframe and zoom out. in: the same video backwards "
+                choice("direction", options.ZOOM_DIRECTION, tooltip="out: start at the first keyframe and zoom out. in: the same video backwards "
                                        "(start at the last keyframe and zoom in)."),
-                io.Combo.Input("schedule", options=list(zoom_core.SCHEDULES), default="geometric",
-                               tooltip="geometric: the same zoom per frame (constant speed, as A1111). linear: "
+                choice("schedule", options.ZOOM_SCHEDULE, tooltip="geometric: the same zoom per frame (constant speed, as A1111). linear: "
                                        "linear in image size (blog method; the speed pulses within each keyframe "
                                        "step)."),
                 io.Boolean.Input("repaste", default=True,
                                  tooltip="Paste the sharper previous keyframe into the centre of each frame (A1111) "
                                          "instead of only upscaling the next keyframe's centre (blurry)."),
-                io.Float.Input("feather", default=8.0, min=0.0, max=512.0, step=0.5,
-                               tooltip="Soft edge (px) of the re-pasted keyframe, so no frame line is visible. "
+                number("feather", options.ZOOM_FEATHER, tooltip="Soft edge (px) of the re-pasted keyframe, so no frame line is visible. "
                                        "0 = hard (antialiased) edge."),
                 io.Int.Input("start_hold", default=0, min=0, max=MAX_FRAMES,
                              tooltip="Extra copies of the first frame (a pause before the zoom starts)."),
                 io.Int.Input("end_hold", default=0, min=0, max=MAX_FRAMES,
                              tooltip="Extra copies of the last frame (a pause at the end)."),
-                io.Combo.Input("loop", options=list(zoom_core.LOOPS), default="none",
-                               tooltip="ping-pong: append the video backwards (without repeating its ends) so it loops "
+                choice("loop", options.ZOOM_LOOP, tooltip="ping-pong: append the video backwards (without repeating its ends) so it loops "
                                        "seamlessly."),
                 io.Combo.Input("filter", options=list(zoom_core.FILTERS), default="bicubic",
                                tooltip="Resampling filter (antialiased, float): bicubic is sharper, bilinear softer."),
@@ -87,8 +85,7 @@ class ZoomInterpolate(io.ComfyNode):
     def execute(cls, keyframes, zoom_factor=2.0, pad_px=0, frames_per_keyframe=30, direction="out",
                 schedule="geometric", repaste=True, feather=8.0, start_hold=0, end_hold=0, loop="none",
                 filter="bicubic", frame_start=0, frame_count=0) -> io.NodeOutput:
-        if keyframes.ndim != 4:
-            raise ValueError(f"keyframes must be an IMAGE batch [n,H,W,C], got shape {tuple(keyframes.shape)}.")
+        validation.require_image(keyframes, "keyframes")
         settings = zoom_core.ZoomSettings(
             zoom=_zoom_factor(keyframes.shape[2], zoom_factor, pad_px), frames_per_keyframe=frames_per_keyframe,
             schedule=schedule, repaste=repaste, feather=feather, filter=filter, direction=direction,
@@ -101,12 +98,11 @@ class ZoomInterpolate(io.ComfyNode):
         n = total - start if frame_count <= 0 else min(frame_count, total - start)
         gib = n * keyframes[0].numel() * 4 / 2**30
         log.info("ZoomInterpolate: %d of %d frames (%.2f GiB)", n, total, gib)
-        progress = bridge.Progress(n)
+        progress = common.Progress(n)
         frames = zoom_core.render_frames(keyframes, settings, frame_start=start, frame_count_=n,
                                          on_frame=lambda f: progress.update(1))
         return io.NodeOutput(frames, frames.shape[0], total)
 
-    interpolate = execute
 
 
 class ZoomOutpaintKeyframes(io.ComfyNode):
@@ -130,8 +126,7 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE of the model."),
                 io.Int.Input("zoom_steps", default=4, min=0, max=1000,
                              tooltip="K: number of zoom-out steps. Output = K + 1 keyframes (the start image first)."),
-                io.Float.Input("zoom_factor", default=2.0, min=1.0, max=16.0, step=0.01,
-                               tooltip="Zoom per step (> 1). 2 = shrink the previous keyframe to half and outpaint "
+                number("zoom_factor", options.ZOOM_FACTOR, tooltip="Zoom per step (> 1). 2 = shrink the previous keyframe to half and outpaint "
                                        "the border (A1111). Ignored when pad_px > 0. Use the same value in "
                                        "ZoomInterpolate."),
                 io.Int.Input("pad_px", default=0, min=0, max=8192,
@@ -142,27 +137,22 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per outpaint."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler",
+                io.Combo.Input("sampler_name", options=common.sampler_names(), default="euler",
                                tooltip="Sampler of each outpaint."),
-                io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal",
+                io.Combo.Input("scheduler", options=common.scheduler_names(), default="normal",
                                tooltip="Scheduler of each outpaint."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1 = generate the border from scratch (recommended); lower keeps some of the "
                                        "border fill."),
-                io.Int.Input("overlap", default=8, min=0, max=512,
-                             tooltip="px of the shrunk previous keyframe that are regenerated too and then "
+                number("overlap", options.ZOOM_OVERLAP, tooltip="px of the shrunk previous keyframe that are regenerated too and then "
                                      "blended back, so the border joins it seamlessly. The rest of the centre is "
                                      "kept exactly."),
-                io.Int.Input("mask_blur", default=8, min=0, max=512,
-                             tooltip="Softness (px) of the inner edge of the inpaint mask (up to 2 x overlap)."),
-                io.Combo.Input("fill", options=["reflect", "grey"], default="reflect",
-                               tooltip="Initial content of the border: reflect (mirrored picture, good for "
+                number("mask_blur", options.ZOOM_MASK_BLUR, tooltip="Softness (px) of the inner edge of the inpaint mask (up to 2 x overlap)."),
+                choice("fill", options.ZOOM_FILL, tooltip="Initial content of the border: reflect (mirrored picture, good for "
                                        "4-channel models) or grey (0.5)."),
-                io.Combo.Input("alignnoise", options=list(bridge.ZOOM_ALIGNNOISE_MODES), default="off",
-                               tooltip="AlignNoise for every outpaint: stage 1 optimises the initial noise (attention "
+                choice("alignnoise", options.ZOOM_ALIGNNOISE, tooltip="AlignNoise for every outpaint: stage 1 optimises the initial noise (attention "
                                        "balance, slower), stage 2 samples twice with frequency-refined noise."),
-                io.Int.Input("balance_iterations", default=10, min=1, max=200,
-                             tooltip="AlignNoise stage 1 only: noise optimisation iterations per outpaint."),
+                number("balance_iterations", options.BALANCE_ITERATIONS, tooltip="AlignNoise stage 1 only: noise optimisation iterations per outpaint."),
             ],
             outputs=[
                 io.Image.Output("keyframes", display_name="keyframes",
@@ -176,17 +166,15 @@ class ZoomOutpaintKeyframes(io.ComfyNode):
     def execute(cls, image, model, positive, negative, vae, zoom_steps=4, zoom_factor=2.0, pad_px=0, seed=0,
                 steps=20, cfg=7.0, sampler_name="euler", scheduler="normal", denoise=1.0, overlap=8, mask_blur=8,
                 fill="reflect", alignnoise="off", balance_iterations=10) -> io.NodeOutput:
-        if image.ndim != 4:
-            raise ValueError(f"image must be an IMAGE [1,H,W,C], got shape {tuple(image.shape)}.")
+        validation.require_image(image, "image")
         zoom = _zoom_factor(image.shape[2], zoom_factor, pad_px)
         zoom_core.check_keyframe_args(image.shape[1], image.shape[2], zoom, zoom_steps)
-        keyframes = bridge.zoom_outpaint_keyframes(
+        keyframes = zoom_host.zoom_outpaint_keyframes(
             model, positive, negative, vae, image, zoom_steps, zoom, seed, steps, cfg, sampler_name, scheduler,
             denoise=denoise, overlap=overlap, mask_blur=mask_blur, fill=fill, alignnoise=alignnoise,
             balance_iterations=balance_iterations)
         return io.NodeOutput(keyframes)
 
-    generate = execute
 
 
 NODES = [ZoomOutpaintKeyframes, ZoomInterpolate]

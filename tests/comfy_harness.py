@@ -140,7 +140,12 @@ class PromptResult:
 
     def outputs(self, node_id: str) -> list:
         """The Python values of a node's outputs (first item of each output slot)."""
-        entry = self.executor.caches.outputs.get(str(node_id))
+        cache = self.executor.caches.outputs
+        # Newer ComfyUI made the output cache's get() async; get_local() is its synchronous form.
+        get = getattr(cache, "get_local", None) or cache.get
+        entry = get(str(node_id))
+        if asyncio.iscoroutine(entry):
+            entry = asyncio.run(entry)
         assert entry is not None, f"node {node_id} has no cached outputs"
         return [slot[0] if isinstance(slot, list) and len(slot) == 1 else slot for slot in entry.outputs]
 
@@ -154,8 +159,9 @@ def run_prompt(prompt: dict) -> PromptResult:
     ok, error, outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
     if not ok:
         raise AssertionError(f"prompt failed validation: {error}\nnode errors: {json.dumps(node_errors, indent=1)}")
+    # "ram_inactive" is read by newer ComfyUI executors; older ones ignore the extra key.
     e = execution.PromptExecutor(_StubServer(), cache_type=execution.CacheType.CLASSIC,
-                                 cache_args={"lru": 0, "ram": 0})
+                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     e.execute(prompt, prompt_id, extra_data={}, execute_outputs=outputs)
     if not e.success:
         errors = [m for m in e.status_messages if m[0] == "execution_error"]

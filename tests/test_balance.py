@@ -1,4 +1,4 @@
-"""Host-free tests of the AlignNoise stage-1 loss (algorithms.md §1.6, §1.11 anchors, §8)."""
+"""Host-free tests of the AlignNoise stage-1 loss (anchors computed from ``WHUIR/AlignNoise`` ``fn_compute_loss_mask``)."""
 
 import math
 

@@ -23,7 +23,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
-from alignnoise_core import cli, media, pipeline, zoom  # noqa: E402
+from alignnoise_core import cli, diffusers_models, media, pipeline, zoom  # noqa: E402
 from alignnoise_core.tiny_pipeline import build_tiny_inpaint_pipeline, make_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,7 +340,7 @@ def test_inpaint_class_with_4_channel_unet(source, tmp_path, caplog):
         (["--all", "5000"], "cannot fit in memory"),
         (["--left", "32", "--width", "200"], "not both"),
         (["--all", "32", "--steps", "0"], "steps must be a positive integer"),
-        (["--all", "32", "--passes", "0"], "passes must be >= 1"),
+        (["--all", "32", "--passes", "0"], "passes must be a number in [1, 8]"),
         (["--all", "32", "--fill", "color", "--color", "nope"], "Cannot parse color"),
     ],
 )
@@ -398,16 +398,16 @@ def test_bad_output_suffix_and_usage(source, tmp_path, caplog, capsys):
 
 
 def test_device_dtype_auto():
-    dev, dt = pipeline.resolve_device_dtype("auto", "auto")
+    dev, dt = diffusers_models.resolve_device_dtype("auto", "auto")
     if torch.cuda.is_available():
         assert dev.type == "cuda" and dt == torch.float16
     else:
         assert dev.type == "cpu" and dt == torch.float32
     with pytest.raises(ValueError, match="Unknown dtype"):
-        pipeline.resolve_device_dtype("cpu", "int8")
+        diffusers_models.resolve_device_dtype("cpu", "int8")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            pipeline.resolve_device_dtype("cuda", "auto")
+            diffusers_models.resolve_device_dtype("cuda", "auto")
 
 
 def test_make_tiny_model_command(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import comfy_harness as ch
-from alignnoise_core import nmg
+from alignnoise_core import nmg, nmg_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -19,12 +19,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def setup():
     """Tiny in-process SD1.5 model (inference-tensor weights), conds, a latent, its inversion."""
     ch.require_comfyui()
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model = ch.tiny_model(4, seed=3)
     src, null = ch.fake_conditioning(seed=1), ch.fake_conditioning(seed=2)
     with torch.inference_mode():
-        sigmas = cb.calculate_sigmas(model, "normal", 4)
+        sigmas = common.calculate_sigmas(model, "normal", 4)
         x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
         maps, inverted = ch.node_class("NMGInvert").execute(model, src, {"samples": x0}, sigmas).result
     return dict(model=model, src=src, null=null, sigmas=sigmas, x0=x0, maps=maps, inverted=inverted)
@@ -66,12 +66,12 @@ def test_inversion_maps_and_latent(comfy_env, setup):
 def test_guider_through_sampler_custom_advanced_equals_core_loop(comfy_env, setup, sampler):
     """The x0 the GUIDER returns makes ComfyUI's Euler step land exactly on the host-free NMG transition."""
     s = setup
-    cb = _pack_module("comfy_bridge")
+    from alignnoise_core.comfy_host import common
     with torch.inference_mode():
         out = _sca(_guider(s), sampler, s["sigmas"], s["inverted"])
 
         ref = {}
-        m = cb.differentiable_clone(s["model"])
+        m = s["model"].clone()
 
         def fn(ctx):
             import comfy.samplers
@@ -86,11 +86,12 @@ def test_guider_through_sampler_custom_advanced_equals_core_loop(comfy_env, setu
                                                        ctx.conds["positive"], 3.0, ctx.model_options)
                 return (x - den) / sigma
 
-            ref["x"] = nmg.nmg_sample(s["maps"], eps_u, eps_t, grad_scale=5000.0, noise_map_scale=10.0)
+            with common.gradient_session(ctx.base_model):  # eps_u is differentiated w.r.t. the latent
+                ref["x"] = nmg_maps.nmg_sample(s["maps"], eps_u, eps_t, grad_scale=5000.0, noise_map_scale=10.0)
             return ref["x"]
 
-        expected = cb.run_sampler(m, s["src"], s["null"], 3.0, s["inverted"]["samples"], s["sigmas"], fn)
-        cb.release_model(m)
+        expected = common.run_sampler(m, s["src"], s["null"], 3.0, s["inverted"]["samples"], s["sigmas"], fn)
+        common.release_model(m)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     # Guidance changed the result (vs. plain double steps), so the match is not vacuous.
     with torch.inference_mode():
@@ -130,7 +131,7 @@ def test_refusals(comfy_env, setup):
     import comfy.samplers
 
     s = setup
-    cb = _pack_module("comfy_bridge")
+    from alignnoise_core.comfy_host import common
     with torch.inference_mode():
         for name in ("euler_ancestral", "dpmpp_2m_sde"):
             with pytest.raises(ValueError, match="injects fresh noise"):
@@ -138,7 +139,7 @@ def test_refusals(comfy_env, setup):
         with pytest.raises(ValueError, match="first-order"):
             _sca(_guider(s), "dpmpp_2m", s["sigmas"], s["inverted"])
         with pytest.raises(ValueError, match="do not match"):
-            _sca(_guider(s), "euler", cb.calculate_sigmas(s["model"], "karras", 4), s["inverted"])
+            _sca(_guider(s), "euler", common.calculate_sigmas(s["model"], "karras", 4), s["inverted"])
         with pytest.raises(ValueError, match="shape"):
             _sca(_guider(s), "euler", s["sigmas"], {"samples": torch.zeros(1, 4, 8, 8)})
         with pytest.raises(ValueError, match="DisableNoise"):
@@ -179,15 +180,15 @@ def test_both_nodes_through_the_executor_on_a_sd15_checkpoint(comfy_env, monkeyp
     VAEDecode -> SaveImage: one inversion serves both edits (run once)."""
     ckpt = comfy_env.make_checkpoint("sd15")
     image = comfy_env.put_input_image(comfy_env.synthetic_image(1, 64, 64)[0], "nmg_src.png")
-    cb = _pack_module("comfy_bridge")
+    from alignnoise_core.comfy_host import nmg as nmg_host
     calls = []
-    real = cb.nmg_invert
+    real = nmg_host.nmg_invert
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(cb, "nmg_invert", counting)
+    monkeypatch.setattr(nmg_host, "nmg_invert", counting)
 
     def enc(text):
         return {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}

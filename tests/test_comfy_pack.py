@@ -93,3 +93,20 @@ def test_example_workflow_runs_as_shipped(comfy_env, workflow):
     result = comfy_env.run_prompt(prompt)
     saved = [o for o in result.ui.values() if "images" in o or "animated" in o or "video" in o]
     assert saved, f"{workflow.name} produced no saved/previewed output: {result.ui}"
+
+
+def test_help_pages_state_the_schema_defaults(comfy_env):
+    """Where a help page quotes a default ("(paper 0.55)", "(default 8)"), it is the widget's default:
+    both come from alignnoise_core.options, so they cannot drift apart."""
+    import re
+
+    checked = 0
+    for node_id in sorted(EXPECTED_NODES):
+        defaults = {inp.id: getattr(inp, "default", None) for inp in comfy_env.node_class(node_id).GET_SCHEMA().inputs}
+        page = (ch.PACK_DIR / "web" / "docs" / f"{node_id}.md").read_text()
+        for name, text in re.findall(r"^\| `(\w+)`[^|]*\| (.*)\|$", page, re.M):
+            quoted = re.search(r"\((?:paper|default) (-?[0-9.]+)\)", text)
+            if quoted and isinstance(defaults.get(name), (int, float)) and not isinstance(defaults[name], bool):
+                assert float(quoted.group(1)) == pytest.approx(float(defaults[name])), (node_id, name, text)
+                checked += 1
+    assert checked >= 8

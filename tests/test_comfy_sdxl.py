@@ -106,13 +106,13 @@ def _run(model, pos, neg, latent, sigmas, iterations=2, **kw):
 
 @pytest.mark.parametrize("in_channels", [9, 4], ids=["9ch_inpaint", "4ch_noise_mask"])
 def test_node_uses_the_1_32_level_with_the_middle_block(comfy_env, in_channels):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common, stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(in_channels)
-    info = cb.model_info(model)
+    info = common.model_info(model)
     assert (info.family, info.config_name, info.is_inpaint) == ("SDXL", "SDXL", in_channels == 9)
     with torch.inference_mode():
-        run = cb.attention_balance(model, pos, neg, latent, sigmas, 3, mask=mask, iterations=2, loss_threshold=0.0)
+        run = stage1.attention_balance(model, pos, neg, latent, sigmas, 3, mask=mask, iterations=2, loss_threshold=0.0)
     assert run.level == 2 and run.keys == LEVEL2_KEYS and run.notes == []
     assert run.result.grid == (4, 6) and run.result.forwards == 2 and run.result.backwards == 2
     assert all(torch.isfinite(torch.tensor(l)).all() for l in run.result.losses)
@@ -130,12 +130,12 @@ def test_node_uses_the_1_32_level_with_the_middle_block(comfy_env, in_channels):
 
 
 def test_loss_decreases_with_paper_defaults(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
     from alignnoise_core.balance import MINMAX_EPS
 
     model, pos, neg, latent, mask, sigmas = _setup(9, seed=3)
     with torch.inference_mode():  # paper: lr 0.01, 10 iterations; threshold 0 forces all of them
-        run = cb.attention_balance(model, pos, neg, latent, sigmas, 5, mask=mask, iterations=10, lr=0.01,
+        run = stage1.attention_balance(model, pos, neg, latent, sigmas, 5, mask=mask, iterations=10, lr=0.01,
                                    loss_threshold=0.0, tau=0.15)
     r = run.result
     losses = [l[0] for l in r.losses]
@@ -164,11 +164,11 @@ def test_noise_drives_sampler_custom_advanced(comfy_env):
 def test_gradient_checkpointing_same_result(comfy_env):
     """SDXL's target level includes the middle block and output 0-2: checkpointing skips exactly those
     transformers and still reproduces the plain run."""
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(9, seed=4)
     with torch.inference_mode():
-        runs = [cb.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, iterations=3, loss_threshold=0.0,
+        runs = [stage1.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, iterations=3, loss_threshold=0.0,
                                      gradient_checkpointing=gc) for gc in (False, True)]
     assert [l[0] for l in runs[1].result.losses] == pytest.approx([l[0] for l in runs[0].result.losses], abs=1e-6)
     assert torch.allclose(runs[1].noise, runs[0].noise, atol=1e-6)

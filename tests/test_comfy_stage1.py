@@ -94,11 +94,11 @@ def test_node_optimises_under_inference_mode(comfy_env, in_channels):
 
 
 def test_loss_decreases_with_paper_defaults_and_report(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(9, seed=3)
     with torch.inference_mode():
-        run = cb.attention_balance(model, pos, neg, latent, sigmas, 5, mask=mask, iterations=6, loss_threshold=0.0)
+        run = stage1.attention_balance(model, pos, neg, latent, sigmas, 5, mask=mask, iterations=6, loss_threshold=0.0)
     losses = [l[0] for l in run.result.losses]
     assert len(losses) == 6 and min(losses[1:]) < losses[0]
     assert run.result.grid == (4, 4) and run.level == 2
@@ -106,12 +106,12 @@ def test_loss_decreases_with_paper_defaults_and_report(comfy_env):
 
 
 def test_early_stop_is_exact(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(4, seed=4)
     with torch.inference_mode():
-        a = cb.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=3, loss_threshold=0.0)
-        b = cb.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=3, loss_threshold=0.0,
+        a = stage1.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=3, loss_threshold=0.0)
+        b = stage1.attention_balance(model, pos, neg, latent, sigmas, 1, mask=mask, iterations=3, loss_threshold=0.0,
                                  early_stop=False)
     assert a.result.losses == b.result.losses
     assert torch.equal(a.noise, b.noise)
@@ -216,30 +216,30 @@ def test_noise_drives_sampler_and_starts_where_the_loss_looked(comfy_env):
 
 
 def test_batch_items_optimised_separately(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(4, b=2, seed=6)
     with torch.inference_mode():
-        both = cb.attention_balance(model, pos, neg, latent, sigmas, 9, mask=mask, iterations=2, loss_threshold=0.0)
+        both = stage1.attention_balance(model, pos, neg, latent, sigmas, 9, mask=mask, iterations=2, loss_threshold=0.0)
     assert both.result.forwards == 2 and len(both.result.losses[0]) == 2
     for i in range(2):
         # item i alone; batch_index makes RandomNoise give it the same initial noise as in the batch
         single = {"samples": latent["samples"][i:i + 1], "noise_mask": latent["noise_mask"][i:i + 1],
                   "batch_index": [i]}
         with torch.inference_mode():
-            r = cb.attention_balance(model, pos, neg, single, sigmas, 9, mask=mask[i:i + 1], iterations=2,
+            r = stage1.attention_balance(model, pos, neg, single, sigmas, 9, mask=mask[i:i + 1], iterations=2,
                                      loss_threshold=0.0)
         assert abs(r.result.losses[0][0] - both.result.losses[0][i]) < 1e-4
         assert torch.allclose(r.noise[0], both.noise[i], atol=1e-4)
 
 
 def test_cfg_above_one_uses_both_conds(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     model, pos, neg, latent, mask, sigmas = _setup(9, seed=7)
     with torch.inference_mode():
-        one = cb.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, iterations=1, loss_threshold=0.0)
-        two = cb.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, cfg=4.0, iterations=1,
+        one = stage1.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, iterations=1, loss_threshold=0.0)
+        two = stage1.attention_balance(model, pos, neg, latent, sigmas, 2, mask=mask, cfg=4.0, iterations=1,
                                    loss_threshold=0.0)
     assert one.result.losses[0] != two.result.losses[0]
 
@@ -415,7 +415,7 @@ def test_attention_levels_sdxl_layout(comfy_env):
 
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import stage1
 
     with torch.inference_mode():
         unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2,
@@ -424,7 +424,7 @@ def test_attention_levels_sdxl_layout(comfy_env):
                          transformer_depth_middle=2, transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
                          use_linear_in_transformer=True, operations=comfy.ops.disable_weight_init)
     fake = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet))
-    levels = cb.attention_levels(fake)
+    levels = stage1.attention_levels(fake)
     assert sorted(levels) == [1, 2]
     assert levels[2] == [("input", 7, 0), ("input", 7, 1), ("input", 8, 0), ("input", 8, 1), ("middle", 0, 0),
                          ("middle", 0, 1), ("output", 0, 0), ("output", 0, 1), ("output", 1, 0), ("output", 1, 1),

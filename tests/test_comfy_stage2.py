@@ -59,12 +59,12 @@ def first_pass():
     """A first pass on the in-process tiny SD1.5 model: (model, cond, latent_in, noise, output)."""
     ch.require_comfyui()
     comfy_env = ch
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model = comfy_env.tiny_model(4)
     cond = comfy_env.fake_conditioning()
     with torch.inference_mode():
-        sigmas = cb.calculate_sigmas(model, "normal", 3)
+        sigmas = common.calculate_sigmas(model, "normal", 3)
         latent = {"samples": torch.zeros(2, 4, 16, 16)}
         noise = comfy_env.node_class("RandomNoise").execute(7).result[0]
         out = _sample(comfy_env, model, noise, latent, sigmas, cond)
@@ -72,16 +72,16 @@ def first_pass():
 
 
 def test_refined_noise_matches_core_math(comfy_env, first_pass):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model, cond, latent, noise, out = first_pass
     mask = _outpaint_mask(1, 128, 128, 32)
     with torch.inference_mode():
         node = comfy_env.node_class("FrequencyNoiseRefine")
         refined = node.execute(model, out, noise, "butterworth", 0.25, 4, 0.25, 5, mask=mask).result[0]
-        sigma_max = float(cb.model_sampling(model).sigma_max)
+        sigma_max = float(common.model_sampling(model).sigma_max)
         x0 = out["samples"].double() * 0.18215  # SD1.5 process_latent_in
-        z_hat = cb.random_noise(out, 7).double()
+        z_hat = common.random_noise(out, 7).double()
         expected = fq.refine(x0, z_hat, sigma_max, mask=mask, seed=5)
     assert sigma_max == pytest.approx(14.6146, abs=1e-3)
     assert torch.allclose(refined.refined, expected.float(), atol=1e-6)
@@ -94,7 +94,7 @@ def test_refined_noise_matches_core_math(comfy_env, first_pass):
 
 @pytest.mark.parametrize("latent_kind", ["empty", "first_pass_output", "other"])
 def test_second_pass_starts_exactly_from_refined_latent(comfy_env, first_pass, latent_kind):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model, cond, latent, noise, out = first_pass
     mask = _outpaint_mask(1, 128, 128, 32)
@@ -106,7 +106,7 @@ def test_second_pass_starts_exactly_from_refined_latent(comfy_env, first_pass, l
             "first_pass_output": out,
             "other": {"samples": torch.randn(out["samples"].shape, generator=torch.Generator().manual_seed(1))},
         }[latent_kind]
-        sigmas = cb.calculate_sigmas(model, "karras", 4)
+        sigmas = common.calculate_sigmas(model, "karras", 4)
         rec = _FirstInputs(model)
         handle = rec.hook()
         try:
@@ -120,14 +120,14 @@ def test_second_pass_starts_exactly_from_refined_latent(comfy_env, first_pass, l
 
 
 def test_second_pass_with_sigmas_below_sigma_max_and_inpaint_model(comfy_env):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common
 
     model = comfy_env.tiny_model(9)
     cond = comfy_env.fake_conditioning()
     with torch.inference_mode():
         latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))}
         noise = comfy_env.node_class("RandomNoise").execute(1).result[0]
-        sigmas = cb.calculate_sigmas(model, "normal", 6, denoise=0.5)  # starts well below sigma_max
+        sigmas = common.calculate_sigmas(model, "normal", 6, denoise=0.5)  # starts well below sigma_max
         refined = comfy_env.node_class("FrequencyNoiseRefine").execute(
             model, latent, noise, "butterworth", 0.25, 4, 0.25, 0, mask=_outpaint_mask(1, 16, 16, 4),
             sigmas=sigmas).result[0]

@@ -121,7 +121,7 @@ def test_inpaint_conditioning_equals_core_node(comfy_env):
     import folder_paths
     import nodes
 
-    from alignnoise_core import comfy_bridge
+    from alignnoise_core.comfy_host import common
 
     ckpt = folder_paths.get_full_path("checkpoints", comfy_env.make_checkpoint("sd15_inpaint"))
     with torch.inference_mode():
@@ -129,7 +129,7 @@ def test_inpaint_conditioning_equals_core_node(comfy_env):
         canvas, _ = Z.shrink_to_center(comfy_env.synthetic_image(1, H, W)[0], 2.0)
         mask = Z.outpaint_mask(H, W, 2.0, overlap=4, blur=4)
         pos, neg = comfy_env.fake_conditioning(), comfy_env.fake_conditioning(seed=1)
-        ours = comfy_bridge.inpaint_conditioning(pos, neg, vae, canvas[None], mask)
+        ours = common.inpaint_conditioning(pos, neg, vae, canvas[None], mask)
         core = nodes.InpaintModelConditioning().encode(pos, neg, canvas[None], vae, mask[None], noise_mask=True)
     for a, b in zip(ours[:2], core[:2]):
         assert torch.equal(a[0][1]["concat_latent_image"], b[0][1]["concat_latent_image"])

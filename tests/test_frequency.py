@@ -1,4 +1,4 @@
-"""Host-free tests of AlignNoise stage 2 (``alignnoise_core.frequency``); anchors: algorithms.md §2."""
+"""Host-free tests of AlignNoise stage 2 (``alignnoise_core.frequency``); anchors from ``WHUIR/AlignNoise`` ``utils/fi_utils.py``."""
 
 import math
 
@@ -61,7 +61,7 @@ def ref_freq_mix(x, noise, lpf, dims):
 
 
 # --------------------------------------------------------------------------------------------------
-# Filter anchors (algorithms.md §2.1)
+# Filter anchors (the reference's get_freq_filter statistics)
 # --------------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import tiny_models
-from alignnoise_core import nmg
+from alignnoise_core import nmg, nmg_maps
 
 TABLE = nmg.discrete_sigmas()
 
@@ -205,11 +205,11 @@ def test_reconstruction_with_guidance_lands_closer_than_without(micro_unet, ctx)
     sig = nmg.ddim_sigmas(50)
     for seed in (0, 1):
         x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
-        maps = nmg.ddim_invert(x0, sig, eps_fn(micro_unet, text), sigma_floor=float(TABLE[0]))
+        maps = nmg_maps.ddim_invert(x0, sig, eps_fn(micro_unet, text), sigma_floor=float(TABLE[0]))
         with torch.no_grad():
             text_eps = cfg_fn(micro_unet, text, null, 10.0)
-            unguided = nmg.nmg_sample(maps, eps_fn(micro_unet, null), text_eps, grad_scale=0.0)
-        guided = nmg.nmg_sample(maps, eps_fn(micro_unet, null), text_eps, grad_scale=5000.0)
+            unguided = nmg_maps.nmg_sample(maps, eps_fn(micro_unet, null), text_eps, grad_scale=0.0)
+        guided = nmg_maps.nmg_sample(maps, eps_fn(micro_unet, null), text_eps, grad_scale=5000.0)
         err_guided = float((guided - x0).abs().mean())
         err_unguided = float((unguided - x0).abs().mean())
         assert err_guided < 0.25 * err_unguided, (seed, err_guided, err_unguided)
@@ -228,16 +228,16 @@ def test_guidance_window_limits_step_a(micro_unet, ctx):
     sig = nmg.ddim_sigmas(8)
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        maps = nmg.ddim_invert(x0, sig, eps_fn(micro_unet, text), sigma_floor=float(TABLE[0]))
+        maps = nmg_maps.ddim_invert(x0, sig, eps_fn(micro_unet, text), sigma_floor=float(TABLE[0]))
     text_eps = eps_fn(micro_unet, text)
-    out = nmg.nmg_sample(maps, uncond, text_eps, start=0.25, end=0.75)
+    out = nmg_maps.nmg_sample(maps, uncond, text_eps, start=0.25, end=0.75)
     assert calls == pytest.approx([float(s) for s in sig[2:6]])
     assert [nmg.guidance_active(i, 8, 0.25, 0.75) for i in range(8)] == [False, False] + [True] * 4 + [False] * 2
     # Window empty -> plain DDIM sampling with the text epsilon.
     calls.clear()
     with torch.no_grad():
-        plain = nmg.nmg_sample(maps, uncond, text_eps, start=0.0, end=0.0)
-        torch.testing.assert_close(plain, nmg.ddim_sample(maps.latents[0], sig, text_eps))
+        plain = nmg_maps.nmg_sample(maps, uncond, text_eps, start=0.0, end=0.0)
+        torch.testing.assert_close(plain, nmg_maps.ddim_sample(maps.latents[0], sig, text_eps))
     assert calls == [] and not torch.allclose(out, plain)
 
 
@@ -312,13 +312,13 @@ def test_inversion_with_exact_eps_reconstructs_and_keys_by_sigma():
         return n
 
     sig = nmg.ddim_sigmas(10)
-    maps = nmg.ddim_invert(x0, sig, oracle, sigma_floor=0.01, meta={"what": "test"})
+    maps = nmg_maps.ddim_invert(x0, sig, oracle, sigma_floor=0.01, meta={"what": "test"})
     assert maps.steps == 10 and maps.shape == (1, 4, 8, 8)
     assert seen[0] == pytest.approx(0.01) and seen[1:] == pytest.approx([float(s) for s in sig.flip(0)[1:-1]])
     for i, s in enumerate(sig):
         torch.testing.assert_close(maps.latents[i], x0 + float(s) * n, rtol=1e-5, atol=1e-5)
     assert torch.equal(maps.latents[-1], x0)
-    torch.testing.assert_close(nmg.ddim_sample(maps.latents[0], sig, oracle), x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nmg_maps.ddim_sample(maps.latents[0], sig, oracle), x0, rtol=1e-5, atol=1e-5)
     # Look-up by sigma tolerates float32 round-off, rejects neighbours.
     s3 = float(sig[3])
     assert maps.index(s3 * (1 + 3e-6)) == 3 and maps.index(s3 * 1.01) is None
@@ -345,7 +345,7 @@ def test_bad_inputs_raise_clear_errors(micro_unet, ctx):
     with pytest.raises(ValueError, match="start_percent"):
         nmg.validate_params(1.0, 10.0, 10.0, "l1", 0.8, 0.2)
     with pytest.raises(ValueError, match="descending"):
-        nmg.validate_schedule(nmg.ddim_sigmas(5).flip(0))
+        nmg_maps.validate_schedule(nmg.ddim_sigmas(5).flip(0))
     with pytest.raises(ValueError, match="non-differentiable"):
         nmg.step_a(x, 2.0, 1.0, x, lambda z, s: predict(z, s).detach())
 

@@ -335,7 +335,7 @@ def test_mask_batch_mismatch_names_both_shapes():
 
 
 def test_mask_bad_rank():
-    with pytest.raises(ValueError, match="mask must have shape"):
+    with pytest.raises(ValueError, match="'mask' must be a MASK"):
         P.outpaint_pad(_img(1, 4, 4), PadBox(8, 0, 0, 0), mask=torch.zeros(4))
 
 

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
+from alignnoise_core import resample as R
 from alignnoise_core import zoom as Z
+
+import zoom_reference
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,7 +64,7 @@ A1111_ANCHORS = {0: (126, 4), 1: (122, 12), 14: (75, 75), 27: (12, 122), 28: (6,
 
 
 def test_a1111_reference_formula_reproduces_the_documented_anchors():
-    borders = Z.a1111_interpolation_borders(512, 128, 30)
+    borders = zoom_reference.a1111_interpolation_borders(512, 128, 30)
     assert len(borders) == 29
     for j, anchor in A1111_ANCHORS.items():
         assert borders[j] == anchor
@@ -73,21 +76,21 @@ def test_float_geometry_matches_a1111_integer_geometry():
     w, mw, n = 512, 128, 30
     zoom = w / (w - 2 * mw)
     assert zoom == 2.0
-    for j, (iw, iw2) in enumerate(Z.a1111_interpolation_borders(w, mw, n)):
+    for j, (iw, iw2) in enumerate(zoom_reference.a1111_interpolation_borders(w, mw, n)):
         t = (j + 1) / n
-        crop, paste = Z.frame_borders(w, zoom, t)
+        crop, paste = zoom_reference.frame_borders(w, zoom, t)
         assert math.ceil(crop - 1e-9) == iw
-        assert math.ceil(Z.paste_border_for_crop(w, zoom, iw) - 1e-9) == iw2
+        assert math.ceil(zoom_reference.paste_border_for_crop(w, zoom, iw) - 1e-9) == iw2
         # Unrounded, the paste is exactly where the unrounded crop puts the inner keyframe.
-        assert Z.paste_border_for_crop(w, zoom, crop) == pytest.approx(paste, abs=1e-9)
+        assert zoom_reference.paste_border_for_crop(w, zoom, crop) == pytest.approx(paste, abs=1e-9)
         assert abs(paste - iw2) < 2.5  # A1111's integer crop shifts its paste by up to ~2 px
 
 
 def test_geometric_schedule_has_constant_log_zoom_and_linear_pulses_like_the_blog():
-    geo = Z.log_zoom_steps(1.5, 16, "geometric")
+    geo = zoom_reference.log_zoom_steps(1.5, 16, "geometric")
     assert torch.allclose(geo, torch.full_like(geo, math.log(1.5) / 16), atol=1e-12)
-    lin = Z.log_zoom_steps(1.5, 16, "linear")
-    # algorithms.md 5.1: the blog's linear-in-size interpolation varies 0.0211 .. 0.0308 (ratio 1.46).
+    lin = zoom_reference.log_zoom_steps(1.5, 16, "linear")
+    # The blog's (iamhatesz/fun-with-ml infinite_zoom) linear-in-size interpolation varies 0.0211 .. 0.0308 (ratio 1.46).
     assert float(lin.min()) == pytest.approx(0.0211, abs=5e-5)
     assert float(lin.max()) == pytest.approx(0.0308, abs=5e-5)
     assert float(lin.max() / lin.min()) == pytest.approx(1.46, abs=0.01)
@@ -199,7 +202,7 @@ def test_log_zoom_per_frame_measured_on_a_ring_target(schedule):
     intensity = frames[..., 0]
     radius = (intensity * rad).sum(dim=(1, 2)) / intensity.sum(dim=(1, 2))
     measured = torch.log(radius[:-1] / radius[1:]).double()
-    expected = Z.log_zoom_steps(2.0, n_frames, schedule)
+    expected = zoom_reference.log_zoom_steps(2.0, n_frames, schedule)
     assert torch.allclose(measured, expected, rtol=0.005, atol=0)
     if schedule == "geometric":
         assert float(measured.max() / measured.min()) < 1.04  # constant log-zoom
@@ -291,9 +294,9 @@ def test_antialiased_downscale_does_not_alias():
 def test_resample_identity_and_rows_sum_to_one():
     g = torch.Generator().manual_seed(2)
     img = torch.rand(3, 20, 30, generator=g)
-    same = Z.render_crop(img, Z.Rect(0, 0, 30, 20), 20, 30)
+    same = R.render_crop(img, Z.Rect(0, 0, 30, 20), 20, 30)
     assert torch.allclose(same, img, atol=1e-6)
-    wts, _ = Z.resample_matrix(17, 0, 40, 3.3, 1.7, "bicubic", torch.float64)
+    wts, _ = R.resample_matrix(17, 0, 40, 3.3, 1.7, "bicubic", torch.float64)
     assert torch.allclose(wts.sum(dim=1), torch.ones(17, dtype=torch.float64))
 
 
@@ -374,10 +377,10 @@ def test_interpolation_argument_errors(random_keyframes):
                                                       (1.7, 5.5, 33, 60), (0.5, 0.0, 128, 64)])
 @pytest.mark.parametrize("kind", ["bicubic", "bilinear"])
 def test_banded_weights_equal_the_dense_resampling_matrix(step, origin, out_size, src, kind):
-    dense, j0 = Z.resample_matrix(out_size, 3, src, origin, step, kind, torch.float64)
+    dense, j0 = R.resample_matrix(out_size, 3, src, origin, step, kind, torch.float64)
     full = torch.zeros(out_size, src, dtype=torch.float64)
     full[:, j0:j0 + dense.shape[1]] = dense
-    bands, starts = Z.banded_weights(out_size, 3, src, origin, step, kind, block=16, dtype=torch.float64)
+    bands, starts = R.banded_weights(out_size, 3, src, origin, step, kind, block=16, dtype=torch.float64)
     rebuilt = torch.zeros(bands.shape[0] * 16, src, dtype=torch.float64)
     for b, s in enumerate(starts.tolist()):
         rebuilt[b * 16:(b + 1) * 16, s:s + bands.shape[2]] = bands[b]

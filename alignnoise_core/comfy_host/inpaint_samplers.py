@@ -18,29 +18,28 @@ How a run maps onto ComfyUI (``SamplerCustomAdvanced`` → ``CFGGuider.sample`` 
   as ComfyUI's own inpaint wrapper does. The method's own treatment and the final paste use the
   LATENT's (soft) mask.
 * ΠGDM and MCG differentiate through the model. The guider's model is already loaded when
-  ``Sampler.sample`` runs and a SAMPLER has no MODEL input, so the sampler runs a nested
-  ``guider.sample`` on a differentiable clone of the guider's model (identity weight wrappers: fresh
-  non-inference weight copies per forward; the non-dynamic delegate on ComfyUI ≥ 0.3x dynamic VRAM;
-  ``in_training`` and a backward-capable attention while it runs), outside inference mode, and
-  releases the clone afterwards: nothing stays on the user's MODEL.
+  ``Sampler.sample`` runs and a SAMPLER has no MODEL input to clone, so nothing is patched at all:
+  the run happens inside :func:`.common.gradient_session` (outside inference mode, autograd on,
+  ``FrozenConstants`` handing autograd private copies of the weights it must keep, so neither
+  inference-tensor weights nor cast buffers reused by the next layer matter and no weight wrapper
+  is needed; ``in_training`` where ComfyUI has it; weights frozen, flags restored) with an attention
+  backend that has a backward pass set in the run's own model_options copy. Nothing is left on the
+  user's MODEL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
 
 from .. import inpaint
-from ..comfy_bridge import check_interrupt, differentiable_attention_override, differentiable_clone, release_model
+from .common import check_interrupt, gradient_session, use_differentiable_attention
 
 log = logging.getLogger("alignnoise")
 
@@ -243,69 +242,12 @@ class InpaintSampler(comfy.samplers.Sampler):
 
     def _sample_differentiable(self, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                                disable_pbar, space):
-        """Re-run the guider on a differentiable clone of its model (see the module docstring)."""
-        patcher = guider.model_patcher
-        delegate = getattr(patcher, "get_non_dynamic_delegate", None)  # ComfyUI dynamic VRAM (0.3x+)
-        m = differentiable_clone(delegate() if callable(delegate) else patcher)
-        inner = copy.copy(guider)  # same conds/cfg/predict_noise (custom guiders keep their behaviour)
-        inner.model_patcher = m
-        inner.model_options = _backward_capable_attention(m, guider.model_options)
-        outer = self
-        result = {}
-
-        class _Nested(comfy.samplers.Sampler):
-            def sample(self, model_wrap, sigmas_, extra_args_, callback_, noise_, latent_image_=None,
-                       denoise_mask_=None, disable_pbar_=False):
-                # The outer model-space tensors are used as they are (exact known region); the nested
-                # guider only supplies conds processed for the clone. Inputs are cloned out of inference mode.
-                result["x"] = outer._run(model_wrap, sigmas.clone(), extra_args_, callback, noise.clone(),
-                                         latent_image.clone(), denoise_mask.clone(), disable_pbar, space)
-                return result["x"]
-
-        base = guider.inner_model
-        latent_out = base.process_latent_out(latent_image) if torch.count_nonzero(latent_image) > 0 else latent_image
-        requires_grad = {name: p.requires_grad for name, p in m.model.named_parameters()}
-        try:
-            with torch.inference_mode(False), torch.enable_grad(), _in_training():
-                m.model.requires_grad_(False)  # grads only w.r.t. x, never accumulated into the weights
-                inner.sample(noise.clone(), latent_out.clone(), _Nested(), sigmas.clone(),
-                             denoise_mask=denoise_mask.clone(), callback=None, disable_pbar=disable_pbar,
-                             seed=extra_args.get("seed"))
-        finally:
-            for name, p in m.model.named_parameters():
-                if p.requires_grad != requires_grad.get(name, p.requires_grad):
-                    p.requires_grad_(requires_grad[name])
-            release_model(m)
-        return result["x"].detach()
-
-
-def _backward_capable_attention(m, model_options: dict) -> dict:
-    """Attention with a backward pass while differentiating (sage attention has none)."""
-    setter = getattr(m, "set_model_optimized_attention", None)  # official setter in newer ComfyUI
-    if callable(setter):
-        import comfy.ldm.modules.attention as attention
-
-        setter(lambda func, *args, **kwargs: attention.attention_pytorch(*args, **kwargs))
-        merged = dict(model_options)
-        merged["transformer_options"] = {**model_options.get("transformer_options", {}),
-                                         **m.model_options.get("transformer_options", {})}
-        return merged
-    return differentiable_attention_override(model_options)
-
-
-@contextlib.contextmanager
-def _in_training():
-    """Set ``comfy.model_management.in_training`` (autograd-safe op paths) where ComfyUI has it."""
-    mm = comfy.model_management
-    if not hasattr(mm, "in_training"):
-        yield
-        return
-    previous = mm.in_training
-    mm.in_training = True
-    try:
-        yield
-    finally:
-        mm.in_training = previous
+        """The same run inside the pack's gradient session (see the module docstring)."""
+        args = dict(extra_args)
+        args["model_options"] = use_differentiable_attention(args.get("model_options", {}))
+        with gradient_session(guider.inner_model):
+            out = self._run(guider, sigmas, args, callback, noise, latent_image, denoise_mask, disable_pbar, space)
+        return out.detach()
 
 
 def _progress_callback(callback, steps: int):

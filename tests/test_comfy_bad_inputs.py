@@ -1,0 +1,149 @@
+"""Every node refuses the bad inputs of the catalogue (tests/bad_inputs.py) inside ComfyUI, under
+inference_mode as the executor runs nodes, with the catalogued message and before any model work."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import comfy_harness as ch
+from bad_inputs import MESSAGES
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _nan(shape):
+    x = torch.rand(shape)
+    x.view(-1)[0] = float("nan")
+    return x
+
+
+def _node(node_id, *args, **kwargs):
+    return ch.node_class(node_id).execute(*args, **kwargs)
+
+
+def _pad(image, mask=None, **kw):
+    return _node("OutpaintPad", image, left=8, mask=mask, **kw)
+
+
+def _balance(s, latent=None, mask=None, sigmas=None, model=None, no_mask=False):
+    latent = s["latent"] if latent is None else latent
+    if no_mask:
+        latent = {"samples": latent["samples"]}
+    return _node("AttentionBalanceNoiseOptimize", model or s["model"], s["pos"], s["neg"], latent,
+                 s["sigmas"] if sigmas is None else sigmas, 0, 1.0, 2, 0.01, 0.0, 0.15, True, mask=mask)
+
+
+class _Noise:
+    def __init__(self, tensor):
+        self.seed, self.tensor = 0, tensor
+
+    def generate_noise(self, latent):
+        return self.tensor
+
+
+def _refine(s, samples=None, noise=None, mask=None, sigmas=None):
+    lat = s["latent"] if samples is None else samples
+    noise = noise or _node("RandomNoise", 1).result[0]
+    return _node("FrequencyNoiseRefine", s["model"], lat, noise, "butterworth", 0.25, 4, 0.25, 0, mask=mask,
+                 sigmas=sigmas)
+
+
+def _guided(s, sampler="euler", latent=None, noise=None, maps=None):
+    import comfy.samplers
+
+    guider = _node("NMGGuidance", s["model"], s["pos"], s["neg"], s["maps"] if maps is None else maps).result[0]
+    noise = noise or _node("DisableNoise").result[0]
+    return _node("SamplerCustomAdvanced", noise, guider, comfy.samplers.sampler_object(sampler), s["sigmas"],
+                 latent or s["inverted"])
+
+
+def _keyframes(s, image):
+    return _node("ZoomOutpaintKeyframes", image, s["model"], s["pos"], s["neg"], None, zoom_steps=1, steps=1)
+
+
+def _unsupported_model():
+    """A fresh tiny UNet whose config class is not an SD1.x/SD2.x/SDXL one (as a Flux/SD3 file reports)."""
+    m = ch.tiny_model(4)
+    m.model.model_config.__class__ = type("Flux", (type(m.model.model_config),), {})
+    return m
+
+
+NODE_CASES = {
+    "pad_nan": lambda s: _pad(_nan((1, 16, 16, 3))),
+    "pad_rank": lambda s: _pad(torch.rand(16, 16, 3)),
+    "pad_grey": lambda s: _pad(torch.rand(1, 16, 16, 1)),
+    "pad_mask_size": lambda s: _pad(torch.rand(1, 16, 16, 3), mask=torch.ones(1, 8, 8)),
+    "pad_mask_batch": lambda s: _pad(torch.rand(2, 16, 16, 3), mask=torch.ones(3, 16, 16)),
+    "pad_mask_nan": lambda s: _pad(torch.rand(1, 16, 16, 3), mask=_nan((1, 16, 16))),
+    "pad_target": lambda s: _node("OutpaintPad", torch.rand(1, 16, 16, 3), size_mode="target", target_width=8,
+                                  target_height=8),
+    "balance_nan": lambda s: _balance(s, latent={"samples": _nan((1, 4, 16, 16)), "noise_mask": s["mask"][:, None]}),
+    "balance_no_mask": lambda s: _balance(s, no_mask=True),
+    "balance_full_mask": lambda s: _balance(s, mask=torch.ones(1, 128, 128)),
+    "balance_mask_batch": lambda s: _balance(s, latent={"samples": torch.zeros(2, 4, 16, 16)},
+                                             mask=torch.ones(3, 128, 128)),
+    "balance_sigmas": lambda s: _balance(s, sigmas=torch.tensor([0.0])),
+    "balance_model": lambda s: _balance(s, model=s["unsupported"]),
+    "refine_nan": lambda s: _refine(s, samples={"samples": _nan((1, 4, 16, 16))}),
+    "refine_noise_nan": lambda s: _refine(s, noise=_Noise(_nan((1, 4, 16, 16)))),
+    "refine_noise_shape": lambda s: _refine(s, noise=_node("AttentionBalanceNoiseOptimize", s["model"], s["pos"],
+                                                           s["neg"], {"samples": torch.zeros(1, 4, 8, 8)},
+                                                           s["sigmas"], 0, 1.0, 0, 0.01, 0.0, 0.15, True).result[0]),
+    "refine_mask_nan": lambda s: _refine(s, mask=_nan((1, 128, 128))),
+    "refine_sigmas": lambda s: _refine(s, sigmas=torch.tensor([0.0, 0.0])),
+    "invert_mask": lambda s: _node("NMGInvert", s["model"], s["pos"], s["latent"], s["sigmas"]),
+    "invert_sigmas": lambda s: _node("NMGInvert", s["model"], s["pos"], {"samples": s["x0"]}, s["sigmas"][:-1]),
+    "invert_nan": lambda s: _node("NMGInvert", s["model"], s["pos"], {"samples": _nan((1, 4, 16, 16))},
+                                  s["sigmas"]),
+    "guidance_maps": lambda s: _guided(s, maps=torch.zeros(3)),
+    "guidance_sampler": lambda s: _guided(s, sampler="euler_ancestral"),
+    "guidance_latent": lambda s: _guided(s, latent={"samples": torch.zeros(1, 4, 8, 8)}),
+    "guidance_noise": lambda s: _guided(s, noise=_node("RandomNoise", 1).result[0]),
+    "zoom_batch": lambda s: _keyframes(s, torch.rand(2, 64, 64, 3)),
+    "zoom_nan": lambda s: _keyframes(s, _nan((1, 64, 64, 3))),
+    "zoom_size": lambda s: _keyframes(s, torch.rand(1, 60, 64, 3)),
+    "interp_empty": lambda s: _node("ZoomInterpolate", torch.rand(0, 16, 16, 3)),
+    "interp_nan": lambda s: _node("ZoomInterpolate", _nan((2, 16, 16, 3))),
+    "interp_zoom": lambda s: _node("ZoomInterpolate", torch.rand(2, 16, 16, 3), zoom_factor=1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ch.require_comfyui()
+    import comfy.samplers
+
+    from alignnoise_core.comfy_host import nmg as nmg_host
+
+    model = ch.tiny_model(4)
+    with torch.inference_mode():
+        x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(1, 128, 128)
+        mask[:, 32:96, 32:96] = 0
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 2).cpu()
+        pos, neg = ch.fake_conditioning(seed=1), ch.fake_conditioning(seed=2)
+        maps, inverted = nmg_host.nmg_invert(model, pos, {"samples": x0}, sigmas)
+    return {"model": model, "pos": pos, "neg": neg, "x0": x0, "mask": mask, "sigmas": sigmas, "maps": maps,
+            "inverted": inverted, "latent": {"samples": x0, "noise_mask": mask[:, None]}, "unsupported": _unsupported_model()}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_CASES))
+def test_node_refuses(comfy_env, setup, case):
+    calls = []
+
+    def count(apply_model, args):
+        calls.append(1)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    for key in ("model",):  # "before any model work": no UNet call happened when the error is raised
+        setup[key].set_model_unet_function_wrapper(count)
+    try:
+        with torch.inference_mode(), pytest.raises(ValueError, match=re.escape(MESSAGES[case])):
+            NODE_CASES[case](setup)
+    finally:
+        setup["model"].model_options.pop("model_function_wrapper", None)
+    if not case.startswith(("guidance_", "refine_noise_shape")):  # NMGGuidance checks in the sampler call
+        assert not calls, f"{case}: the model ran {len(calls)} time(s) before the error"
