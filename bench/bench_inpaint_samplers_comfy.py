@@ -62,7 +62,7 @@ def samplers() -> dict:
 def quality_table(n: int, steps: int) -> None:
     import comfy_gaussian as cg
 
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
     from alignnoise_core.inpaint.gaussian import GaussianLatentPrior, posterior_metrics
 
     prior = GaussianLatentPrior()
@@ -107,7 +107,7 @@ def cost_table(width: int, rounds: int, overhead_steps: int, grad_steps: int) ->
     import comfy.samplers
     from bench_stage2 import build_model
 
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
 
     model, n_params = build_model(width, in_channels=4)
     zero = model.clone()

@@ -153,7 +153,7 @@ class PiGDMSampler(io.ComfyNode):
             category=_CATEGORY,
             description="ΠGDM (Song et al. 2023): every step adds the gradient of the known-region mismatch of the x0 "
                         "prediction, back-propagated through the model (one forward + one backward per step, about "
-                        "2-3x a plain step; the model is differentiated on a temporary copy, nothing stays on it)."
+                        "2-3x a plain step; weights stay frozen and nothing is patched on the model)."
                         + _USE,
             is_experimental=True,
             inputs=[

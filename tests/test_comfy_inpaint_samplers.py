@@ -71,7 +71,7 @@ def roundtrip(model, samples):
 @pytest.fixture(scope="module")
 def sd15():
     ch.require_comfyui()
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
 
     model = ch.tiny_model(4)
     with torch.inference_mode():
@@ -127,7 +127,7 @@ def test_bypasses_comfyui_fixed_noise_replacement(comfy_env, sd15, inference_mod
 def test_inpainting_model_keeps_its_concat_conditioning(comfy_env, inference_mode):
     """9-channel UNet: process_conds builds c_concat = [mask, masked latent] from the noise_mask for
     every call, also on the differentiable path (ΠGDM)."""
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
 
     model = ch.tiny_model(9)
     sigmas = cb.calculate_sigmas(model, "normal", 4)
@@ -146,7 +146,7 @@ def test_inpainting_model_keeps_its_concat_conditioning(comfy_env, inference_mod
 def test_flow_model_runs_in_flow_space(comfy_env, inference_mode):
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
     from alignnoise_core.comfy_host import inpaint_samplers as glue
 
     (model,) = ModelSamplingSD3().patch(ch.tiny_model(4), shift=3.0)
@@ -230,13 +230,13 @@ def test_repaint_base_sampler_step(comfy_env, sd15, inference_mode):
     descents = expected_nfe("repaint", STEPS, jump_length=2, jump_n_sample=3)
     assert descents == STEPS + 2 * 2 * 2  # jump points 0 and 2, visited twice more, 2 steps back each
     for name, nfe in (("euler_ancestral", descents), ("heun", 2 * descents - 1)):  # heun: 1 call onto σ = 0
-        s = make_sampler("RePaintSampler", sampler=pick(name))
+        s = make_sampler("RePaintSampler", jump_n_sample=3, sampler=pick(name))
         sample(model, s, latent, sigmas)
         assert s.last_stats.model_evaluations == nfe, name
 
 
 def test_repaint_adaptive_reports_resamplings(comfy_env, inference_mode, caplog):
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
 
     model = ch.tiny_model(4)
     sigmas = cb.calculate_sigmas(model, "normal", 20)
@@ -295,7 +295,7 @@ def test_exact_gaussian_beats_builtin_inpainting(comfy_env, inference_mode, flow
     import comfy.samplers
     import comfy_gaussian as cg
 
-    from alignnoise_core import comfy_bridge as cb
+    from alignnoise_core.comfy_host import common as cb
     from alignnoise_core.inpaint.gaussian import GaussianLatentPrior, posterior_metrics
 
     prior = GaussianLatentPrior()
