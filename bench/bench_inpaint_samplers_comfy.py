@@ -9,7 +9,7 @@ Table 1, quality against the exact posterior: the stationary Gaussian latent mod
 (``alignnoise_core.inpaint.gaussian``) wrapped as a real ComfyUI MODEL (tests/comfy_gaussian.py: a tiny
 SD1.5 ModelPatcher whose UNet call returns the closed-form MMSE x0; flow = the same patched by core's
 ModelSamplingSD3). Every row runs SamplerCustomAdvanced + CFGGuider (cfg 1) on ``--samples`` copies of
-one known latent: ComfyUI's built-in inpainting (KSamplerSelect euler / ddpm, i.e. KSamplerX0Inpaint's
+one known latent (its generated cells set to the prior mean, so no sampler's start sees the truth there): ComfyUI's built-in inpainting (KSamplerSelect euler / ddpm, i.e. KSamplerX0Inpaint's
 fixed-noise replacement) and our five nodes at their node defaults, same SIGMAS (``normal`` for eps,
 ``simple`` for flow). Columns: conditional-mean error of the generated cells (‖mean − μ_cond‖ /
 ‖μ_prior − μ_cond‖: 0 = exact, 1 = as if the known region were ignored; the Monte-Carlo floor of an exact
@@ -79,7 +79,7 @@ def quality_table(n: int, steps: int) -> None:
             for name, sampler in samplers().items():
                 model.gaussian_calls["n"] = 0
                 t = time.perf_counter()
-                s = cg.run(model, sampler, sigmas, y, mask, n, seed=1)
+                s = cg.run(model, sampler, sigmas, y, mask, n, seed=1, fill=prior.mean)
                 dt = time.perf_counter() - t
                 met = posterior_metrics(s, cm, cv, prior.mean, mask)
                 floor = met["mc_floor"]
@@ -162,6 +162,7 @@ def main():
     ap.add_argument("--grad-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
     if ch.comfyui_path() is None:
         sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
@@ -172,7 +173,8 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"# Inpainting samplers through ComfyUI (CPU, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     with torch.inference_mode():
-        quality_table(args.samples, args.steps)
+        if not args.skip_quality:
+            quality_table(args.samples, args.steps)
         if not args.skip_cost:
             cost_table(args.cost_width, args.rounds, args.overhead_steps, args.grad_steps)
 

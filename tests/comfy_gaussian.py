@@ -59,10 +59,14 @@ def guider(model, cfg: float = 1.0):
 
 
 def run(model, sampler, sigmas, known_model_space: torch.Tensor, mask: torch.Tensor, n: int, seed: int,
-        cfg: float = 1.0) -> torch.Tensor:
-    """``n`` inpainted samples through SamplerCustomAdvanced, returned in model space [n, C, H, W]."""
+        cfg: float = 1.0, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` inpainted samples through SamplerCustomAdvanced, returned in model space [n, C, H, W].
+
+    ``fill`` (e.g. the prior mean) replaces the generated cells of the latent: ComfyUI's start
+    ``latent + sqrt(1+σ²)·noise`` would otherwise show every sampler the true values there."""
     base = model.model
-    samples = base.process_latent_out(known_model_space.expand(n, *known_model_space.shape[1:]).clone())
+    known = known_model_space if fill is None else known_model_space * (1 - mask) + fill.to(known_model_space) * mask
+    samples = base.process_latent_out(known.expand(n, *known.shape[1:]).clone())
     latent = {"samples": samples, "noise_mask": mask.reshape(1, 1, *mask.shape[-2:])}
     noise = ch.node_class("RandomNoise").execute(seed).result[0]
     out = ch.node_class("SamplerCustomAdvanced").execute(noise, guider(model, cfg), sampler, sigmas, latent).result[0]

@@ -306,7 +306,7 @@ def test_exact_gaussian_beats_builtin_inpainting(comfy_env, inference_mode, flow
     cm, cv = prior.conditional(y[0], mask)
 
     def error(sampler):
-        s = cg.run(model, sampler, sigmas, y, mask, 128, seed=1)
+        s = cg.run(model, sampler, sigmas, y, mask, 128, seed=1, fill=prior.mean)
         keep = (mask == 0).expand_as(s)
         assert torch.allclose(s[keep], y.expand_as(s)[keep], atol=1e-5)
         return posterior_metrics(s, cm, cv, prior.mean, mask)
