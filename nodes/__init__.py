@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, freesize, frequency_refine, nmg, outpaint, zoom
+from . import attention_balance, freesize, frequency_refine, inpaint_samplers, nmg, outpaint, zoom
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
@@ -11,6 +11,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     *nmg.NODES,
     *zoom.NODES,
     *freesize.NODES,
+    *inpaint_samplers.NODES,
 ]
 
 

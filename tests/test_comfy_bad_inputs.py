@@ -84,6 +84,33 @@ def _unsupported_model():
     return m
 
 
+def _inpaint(s, latent=None, sigmas=None, model=None, node_id="RePaintSampler", sampler=None):
+    import comfy.samplers
+
+    widgets = {"RePaintSampler": (10, 5, "fixed", 1.0, 6, 3), "DDNMSampler": (0.85, 10, 5, 0.0)}[node_id]
+    sampler = _node(node_id, *widgets, **({"sampler": sampler} if sampler is not None else {})).result[0]
+    guider = comfy.samplers.CFGGuider(model or s["model"])
+    guider.set_conds(s["pos"], s["neg"])
+    return _node("SamplerCustomAdvanced", _node("RandomNoise", 1).result[0], guider, sampler,
+                 s["sigmas"] if sigmas is None else sigmas, s["latent"] if latent is None else latent)
+
+
+def _sampler_object(name):
+    import comfy.samplers
+
+    return comfy.samplers.sampler_object(name)
+
+
+def _x0_sampling_model(s):
+    """The tiny model sampling as an x0-prediction model (neither eps/v nor flow state)."""
+    import comfy.model_sampling as cms
+
+    m = s["model"].clone()
+    cls = type("X0Sampling", (cms.ModelSamplingDiscrete, cms.X0), {})
+    m.add_object_patch("model_sampling", cls(m.model.model_config))
+    return m
+
+
 NODE_CASES = {
     "pad_nan": lambda s: _pad(_nan((1, 16, 16, 3))),
     "pad_rank": lambda s: _pad(torch.rand(16, 16, 3)),
@@ -128,6 +155,13 @@ NODE_CASES = {
     "interp_empty": lambda s: _node("ZoomInterpolate", torch.rand(0, 16, 16, 3)),
     "interp_nan": lambda s: _node("ZoomInterpolate", _nan((2, 16, 16, 3))),
     "interp_zoom": lambda s: _node("ZoomInterpolate", torch.rand(2, 16, 16, 3), zoom_factor=1.0),
+    "inpaint_no_mask": lambda s: _inpaint(s, latent={"samples": s["x0"]}),
+    "inpaint_full_mask": lambda s: _inpaint(s, latent={"samples": s["x0"], "noise_mask": torch.ones(1, 16, 16)}),
+    "inpaint_empty_mask": lambda s: _inpaint(s, latent={"samples": s["x0"], "noise_mask": torch.zeros(1, 16, 16)}),
+    "inpaint_nan": lambda s: _inpaint(s, latent={"samples": _nan((1, 4, 16, 16)), "noise_mask": s["mask"][:, None]}),
+    "inpaint_sigmas": lambda s: _inpaint(s),
+    "inpaint_model": lambda s: _inpaint(s, model=_x0_sampling_model(s)),
+    "inpaint_sampler": lambda s: _inpaint(s, sampler=_sampler_object("dpm_adaptive")),
 }
 
 

@@ -17,6 +17,11 @@ EXPECTED_NODES = {
     "ZoomInterpolate",
     "ZoomOutpaintKeyframes",
     "FreeSizeOutpaint",
+    "RePaintSampler",
+    "DDNMSampler",
+    "DiffPIRSampler",
+    "PiGDMSampler",
+    "MCGSampler",
 }
 
 
@@ -58,7 +63,8 @@ def test_schema_is_complete(comfy_env, node_id):
 
 
 def test_research_nodes_are_experimental(comfy_env):
-    for node_id in ("AttentionBalanceNoiseOptimize", "FrequencyNoiseRefine", "NMGInvert", "NMGGuidance"):
+    for node_id in ("AttentionBalanceNoiseOptimize", "FrequencyNoiseRefine", "NMGInvert", "NMGGuidance",
+                    "RePaintSampler", "DDNMSampler", "DiffPIRSampler", "PiGDMSampler", "MCGSampler"):
         assert comfy_env.node_class(node_id).GET_SCHEMA().is_experimental, node_id
 
 

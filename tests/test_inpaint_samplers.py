@@ -236,8 +236,8 @@ def test_diffpir_small_sigma_n_is_a_hard_x0_paste(space):
 # -- variance anchors of the η-mix samplers (dense steps, 2-cell toy with an independent prior) -------------
 
 @pytest.mark.parametrize("method, kw, factor", [
-    ("ddnm", dict(eta=0.85), (1 + math.sqrt(1 - 0.85 ** 2)) / 2),   # 0.763
-    ("ddnm", dict(eta=0.0), 1.0),
+    ("ddnm", dict(eta=0.85, travel_length=1, travel_repeat=1), (1 + math.sqrt(1 - 0.85 ** 2)) / 2),  # 0.763
+    ("ddnm", dict(eta=0.0, travel_length=1, travel_repeat=1), 1.0),
     ("diffpir", dict(zeta=1.0), 0.5),
     ("diffpir", dict(zeta=0.5), (1 + math.sqrt(0.5)) / 2)])
 def test_eta_mix_dense_step_variance(method, kw, factor):
@@ -374,7 +374,97 @@ def test_mask_fn_is_used_per_step():
         calls.append(float(sigma))
         return mask
     a = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, mask_fn=mask_fn,
-                       generator=torch.Generator().manual_seed(0))
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
     b = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE,
-                       generator=torch.Generator().manual_seed(0))
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and len(calls) == 8
+    wider = mask.clone()
+    wider[..., 1:7, 1:7] = 1
+    c = ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, mask_fn=lambda s: wider,
+                       travel_length=1, travel_repeat=1, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, c)
+    k = (mask == 0).expand_as(c)
+    assert torch.equal(c[k], known.expand_as(c)[k])  # the final paste uses the base mask
+
+
+def test_inpaint_package_is_host_free_and_packaged():
+    import os
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import alignnoise_core.inpaint, alignnoise_core.inpaint.gaussian, sys\n"
+            "assert not [m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_api'))]\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "alignnoise_core.inpaint" in packages
+    for path in (root / "alignnoise_core" / "inpaint").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_function_defaults_are_the_node_defaults():
+    import inspect
+
+    for name, params in ip.DEFAULTS.items():
+        sig = inspect.signature(ip.SAMPLERS[name])
+        for key, value in params.items():
+            assert sig.parameters[key].default == value, (name, key)
+
+
+def test_adaptive_resampling_reports_its_work():
+    prior, truth, known, mask = _problem(lengthscales=(2.5, 3.0))
+    sig = _sigmas(ip.VE, 20)
+    x, _ = _start(ip.VE, sig, known, 8)
+    stats = {}
+    ip.sample_repaint(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, schedule="adaptive",
+                      adaptive_every=4, adaptive_length=3, adaptive_u_min=2, adaptive_u_max=4, stats=stats,
+                      generator=torch.Generator().manual_seed(0))
+    # triggers at steps 4, 8, 12 (first 60 % of 20); each runs 1..3 resamplings of 3 model steps
+    assert 3 <= stats["resamplings"] <= 9
+    assert stats["nfe"] == 20 + 3 * stats["resamplings"]
+    assert stats["nfe"] <= ip.expected_nfe("repaint", 20, schedule="adaptive", adaptive_every=4, adaptive_length=3,
+                                           adaptive_u_max=4)
+    assert stats["accepted"] >= 3 * 8  # the u_min rule keeps the first candidate of every trigger
+
+
+def test_ddnm_plus_reduces_to_ddnm_and_differs_with_measurement_noise():
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 12)
+    x, _ = _start(ip.VE, sig, known, 3)
+    run = lambda sy: ip.sample_ddnm(prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE, sigma_y=sy,
+                                    travel_length=3, travel_repeat=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(0.0), run(1e-9))
+    assert not torch.allclose(run(0.0), run(0.3), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["repaint", "ddnm", "diffpir", "pigdm", "mcg"])
+def test_split_sigmas_end_with_the_known_latent_at_that_level(name):
+    """SIGMAS that stop at σ > 0 (SplitSigmas) hand on α·y + s·n in the known region, not a clean y."""
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 24)[:13]
+    last = float(sig[-1])
+    x, _ = _start(ip.VE, sig, known, 64)
+    out = ip.SAMPLERS[name](prior.model(ip.VE), x, sig, known=known, mask=mask, space=ip.VE,
+                            generator=torch.Generator().manual_seed(0), **ALL[name])
+    k = (mask == 0).expand_as(out)
+    resid = (out - known)[k]
+    assert float(resid.std()) == pytest.approx(last, rel=0.05)
+    assert abs(float(resid.mean())) < 4 * last / math.sqrt(resid.numel())
+
+
+@pytest.mark.parametrize("name", ["pigdm", "mcg"])
+def test_gradient_methods_run_under_inference_mode(name):
+    """ComfyUI runs nodes under torch.inference_mode(): the VJP must still work (inputs made inside it)."""
+    prior, truth, known, mask = _problem()
+    sig = _sigmas(ip.VE, 8)
+    x, _ = _start(ip.VE, sig, known, 2)
+    run = lambda xx, kk, mm: ip.SAMPLERS[name](prior.model(ip.VE), xx, sig, known=kk, mask=mm, space=ip.VE,
+                                               generator=torch.Generator().manual_seed(0))
+    want = run(x, known, mask)
+    with torch.inference_mode():
+        got = run(x.clone(), known.clone(), mask.clone())
+    assert torch.equal(got, want)

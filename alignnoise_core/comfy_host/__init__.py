@@ -9,4 +9,5 @@ Only ``nodes/`` imports this package (ComfyUI is then already initialised); ever
 - ``zoom``: the infinite-zoom keyframe loop.
 - ``nmg``: Noise Map Guidance inversion and GUIDER.
 - ``freesize``: FreeSizeOutpaint, one sampling pass per native-size window.
+- ``inpaint_samplers``: the training-free inpainting samplers (RePaint, DDNM, DiffPIR, ΠGDM, MCG) as SAMPLERs.
 """

@@ -17,7 +17,13 @@ API (every sampler)::
 * ``known``: the known latent y in x0 units, shape of ``x`` (batch 1 broadcasts).
 * ``mask``: 1 where to GENERATE (ComfyUI's convention), broadcastable to ``x``; soft values allowed
   (each method documents how it uses them). The result always satisfies
-  ``x_final = mask·x + (1 − mask)·known``, i.e. ``known`` exactly where ``mask == 0``.
+  ``x_final = mask·x + (1 − mask)·known``, i.e. ``known`` exactly where ``mask == 0``. (SIGMAS that
+  stop at σ > 0, e.g. from SplitSigmas, end with ``α·known + s·n`` there instead, fresh noise.)
+* Soft masks: RePaint/MCG blend the noised known latent with weight 1 − m; DDNM and ΠGDM move x0
+  a fraction 1 − m of the way to y; DiffPIR weights its data term by 1 − m; the final paste blends.
+* Gradient methods (ΠGDM, MCG) leave ``torch.inference_mode()`` for their one vector-Jacobian
+  product per step (``inference_mode(False)`` + ``enable_grad``); the host must make the model usable
+  in autograd (weights need no grad, but must not be inference tensors). Nothing else needs grad.
 * ``space``: a :class:`NoiseSpace`, ``x = α(σ)·x0 + s(σ)·ε``: :data:`VE` (EPS / V_PREDICTION models in
   ComfyUI's sampler space: α = 1, s = σ), :data:`FLOW` (CONST: α = 1 − σ, s = σ), or
   ``NoiseSpace(alpha_fn, scale_fn, name)`` from two callables ``float -> float``.

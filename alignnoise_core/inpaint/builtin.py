@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import paste_known, prepare, report
+from .common import finish, prepare, report
 from .space import NoiseSpace
 
 
@@ -44,4 +44,4 @@ def sample_builtin_inpaint(model, x, sigmas, extra_args=None, callback=None, dis
             x = space.ddim_step(x, x0, s, s_next, 1.0, lambda: draw(s, s_next))
     if stats is not None:
         stats.update(nfe=n_steps)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)

@@ -102,6 +102,17 @@ def paste_known(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.where(mask <= 0, y, x * mask + y * (1 - mask))
 
 
+def finish(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor, space: NoiseSpace, sigmas: torch.Tensor,
+           draw: Callable) -> torch.Tensor:
+    """The final paste. SIGMAS ending at 0: exactly ``known`` where mask == 0. SIGMAS ending at σ > 0
+    (a split schedule that another sampler continues): the known latent at that level,
+    ``α·y + s·n`` with fresh noise, so the next sampler receives a consistent state."""
+    last = float(sigmas[-1])
+    if last > 0:
+        known = space.noise_known(known, last, draw(last, last))
+    return paste_known(x, known, mask)
+
+
 def known_residual(x0: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sample score ‖(1−m)⊙(y − x0)‖² / ‖1−m‖₁: how far the x0 prediction is from the known latent
     on the known region (lower is more consistent)."""

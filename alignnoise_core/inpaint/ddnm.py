@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .common import paste_known, prepare, report
+from .common import finish, prepare, report
 from .schedule import jump_transitions
 from .space import NoiseSpace
 
@@ -38,12 +38,12 @@ from .space import NoiseSpace
 @torch.no_grad()
 def sample_ddnm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, known, mask,
                 space: NoiseSpace, generator=None, noise_sampler=None, mask_fn=None, stats=None,
-                eta: float = 0.85, travel_length: int = 1, travel_repeat: int = 1, sigma_y: float = 0.0):
+                eta: float = 0.85, travel_length: int = 10, travel_repeat: int = 5, sigma_y: float = 0.0):
     """DDNM (``sigma_y = 0``) or DDNM+ (``sigma_y > 0``, in latent units).
 
     Args:
         eta: fraction of fresh noise per step (DDNM's η, 0.85 in the reference).
-        travel_length: time-travel jump length l (1 with travel_repeat 1 = off, the reference config).
+        travel_length: time-travel jump length l (the reference config has l = s = 1: off).
         travel_repeat: how many times each travel point is visited (s).
         sigma_y: measurement noise of the known latent (DDNM+); 0 = exact paste.
     """
@@ -81,4 +81,4 @@ def sample_ddnm(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             x = x + draw(s, s_next) * (gamma * eta)
     if stats is not None:
         stats.update(nfe=nfe)
-    return paste_known(x, y, masks.base)
+    return finish(x, y, masks.base, space, sigmas, draw)
