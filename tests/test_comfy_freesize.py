@@ -118,6 +118,25 @@ def test_raster_windows_count_unet_calls_and_keep_the_source(comfy_env):
     assert not torch.equal(result.outputs("10")[0], result.outputs("8")[0])  # the constraint changes windows
 
 
+def test_inpainting_sampler_plugs_in(comfy_env):
+    """A SAMPLER of the pack's inpainting samplers (DDNM: one model call per step) reads each window's
+    noise mask: every window runs it, the source stays exact, and the result differs from euler's.
+    nearest_first: every window holds known pixels (the inpainting samplers refuse a window with none,
+    which raster's first corner window is)."""
+    prompt = _base(comfy_env, "sd15", _pad(left=64, right=64), window=64, order="nearest_first")
+    prompt["14"] = {"class_type": "DDNMSampler", "inputs": {"eta": 0.85, "travel_length": 1, "travel_repeat": 1,
+                                                            "sigma_y": 0.0}}
+    prompt["10"] = _freesize(window=64, order="nearest_first", sampler=["14", 0])
+    prompt["11"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}
+    result = comfy_env.run_prompt(prompt)
+    canvas, mask = result.outputs("5")[0], result.outputs("5")[1]
+    euler, ddnm = result.outputs("8"), result.outputs("10")
+    windows = len(ddnm[3].splitlines()) - 1
+    assert windows >= 2 and f"UNet evaluations {windows * STEPS} " in ddnm[3], ddnm[3]
+    assert torch.equal(ddnm[0][0][mask[0] == 0], canvas[0][mask[0] == 0])
+    assert not torch.equal(ddnm[0], euler[0])
+
+
 def test_sides_reproduces_the_blog_four_pass_order(comfy_env):
     # Blog geometry scaled to 64 px + 16 px per side: canvases 80x64, 80x80, 96x80, 96x96 (w x h).
     pad = _pad(left=16, top=16, right=16, bottom=16, mask_mode="hard", feathering=0)
