@@ -97,6 +97,27 @@ def one(width_factor: int, window: int, steps: int, rounds: int, hierarchical: b
             "peak_plain": peaks["plain"], "peak_node": peaks["node"], "hierarchical": r.hierarchical}
 
 
+def overhead(window: int, factor: int, rounds: int = 5) -> tuple[float, int]:
+    """CPU seconds per window of everything the node does besides the sampling pass (crop, composite,
+    blend, layout preview), host-free: ``outpaint_windows`` with a runner that returns its crop."""
+    from alignnoise_core import freesize as fs
+
+    torch.set_num_threads(1)
+    height, width = window, window * factor
+    image = torch.rand(height, width, 3)
+    mask = torch.ones(height, width)
+    mask[:, : window // 2] = 0
+    plan = fs.plan_windows(mask, window, 0.5, "raster")
+    feather = (window - fs.stride_of(window, 0.5)) // 4
+    best = float("inf")
+    for _ in range(rounds):
+        c = time.process_time()
+        fs.outpaint_windows(image, mask, plan, lambda w, v, r, g: v.clone(), feather=min(32, feather))
+        fs.draw_layout(plan, mask, image)
+        best = min(best, time.process_time() - c)
+    return best / len(plan), len(plan)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--window", type=int, default=128)
@@ -133,6 +154,9 @@ def main():
               f"{r['unet_calls']} | {r['expected_calls']} | {cpu:.3f} | {r['cpu_plain']:.3f} | "
               f"**{cpu / r['cpu_plain']:.3f}** | {wall / r['wall_plain']:.3f} | {r['peak_node'] / 2**20:.0f} | "
               f"{r['peak_plain'] / 2**20:.0f} |")
+    per, n = overhead(args.window, max(args.factors))
+    print(f"\nNode work outside the sampling passes (host-free, {max(args.factors)}x canvas, {n} windows): "
+          f"{per * 1000:.2f} ms CPU per window.")
 
 
 if __name__ == "__main__":
