@@ -2,7 +2,8 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_balance, frequency_refine, nmg, nmg_edit, outpaint, seamless, zoom
+from . import (attention_balance, freesize, frequency_refine, inpaint_samplers, nmg, nmg_edit, outpaint, seamless,
+               zoom)
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     *outpaint.NODES,
@@ -12,6 +13,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     *nmg.NODES,
     *nmg_edit.NODES,
     *zoom.NODES,
+    *freesize.NODES,
+    *inpaint_samplers.NODES,
 ]
 
 

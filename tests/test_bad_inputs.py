@@ -1,5 +1,5 @@
 """Bad inputs, host-free: the README table equals the catalogue (tests/bad_inputs.py), and the rows
-that need no ComfyUI run here: the CLI, and the core checks OutpaintPad/ZoomInterpolate call."""
+that need no ComfyUI run here: the CLI, and the core checks OutpaintPad/ZoomInterpolate/FreeSizeOutpaint call."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alignnoise_core import cli, padding, validation, zoom
+from alignnoise_core import cli, freesize, padding, validation, zoom
 from alignnoise_core.tiny_pipeline import make_tiny_model
 from bad_inputs import CASES, MESSAGES
 
@@ -53,6 +53,10 @@ CORE_CASES = {
     "pad_mask_batch": lambda: _pad(torch.rand(2, 16, 16, 3), mask=torch.ones(3, 16, 16)),
     "pad_mask_nan": lambda: _pad(torch.rand(1, 16, 16, 3), mask=_nan((1, 16, 16))),
     "pad_target": lambda: _pad(torch.rand(1, 16, 16, 3), target=(8, 8)),
+    "freesize_empty": lambda: freesize.plan_windows(torch.zeros(64, 128), 64),
+    "freesize_window": lambda: freesize.plan_windows(torch.ones(64, 128), 100),
+    "freesize_overlap": lambda: freesize.plan_windows(torch.ones(64, 128), 64, overlap=1.0),
+    "freesize_canvas": lambda: freesize.plan_windows(torch.ones(60, 128), 64),
     "interp_empty": lambda: validation.require_image(torch.rand(0, 16, 16, 3), "keyframes"),
     "interp_nan": lambda: validation.require_image(_nan((2, 16, 16, 3)), "keyframes"),
     "interp_zoom": lambda: zoom.ZoomSettings(zoom=1.0).validate(2),

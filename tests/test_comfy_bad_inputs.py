@@ -76,10 +76,50 @@ def _seamless(destination, source, mask=None, method="poisson"):
     return _node("SeamlessComposite", destination, source, mask, method, 0, True, 1e-6, 100)
 
 
+def _freesize(s, image=None, mask=None, **kw):
+    import comfy.samplers
+
+    image = torch.rand(1, 64, 128, 3) if image is None else image
+    if mask is None:
+        mask = torch.ones(1, image.shape[1], image.shape[2])
+        mask[:, :, :64] = 0
+    args = dict(window=64, overlap=0.5, order="raster", hierarchical=False, blend="alpha")
+    args.update(kw)
+    return _node("FreeSizeOutpaint", s["model"], s["pos"], s["neg"], None, image, mask,
+                 comfy.samplers.sampler_object("euler"), s["sigmas"], 0, 4.0, **args)
+
+
 def _unsupported_model():
     """A fresh tiny UNet whose config class is not an SD1.x/SD2.x/SDXL one (as a Flux/SD3 file reports)."""
     m = ch.tiny_model(4)
     m.model.model_config.__class__ = type("Flux", (type(m.model.model_config),), {})
+    return m
+
+
+def _inpaint(s, latent=None, sigmas=None, model=None, node_id="RePaintSampler", sampler=None):
+    import comfy.samplers
+
+    widgets = {"RePaintSampler": (10, 5, "fixed", 1.0, 6, 3), "DDNMSampler": (0.85, 10, 5, 0.0)}[node_id]
+    sampler = _node(node_id, *widgets, **({"sampler": sampler} if sampler is not None else {})).result[0]
+    guider = comfy.samplers.CFGGuider(model or s["model"])
+    guider.set_conds(s["pos"], s["neg"])
+    return _node("SamplerCustomAdvanced", _node("RandomNoise", 1).result[0], guider, sampler,
+                 s["sigmas"] if sigmas is None else sigmas, s["latent"] if latent is None else latent)
+
+
+def _sampler_object(name):
+    import comfy.samplers
+
+    return comfy.samplers.sampler_object(name)
+
+
+def _x0_sampling_model(s):
+    """The tiny model sampling as an x0-prediction model (neither eps/v nor flow state)."""
+    import comfy.model_sampling as cms
+
+    m = s["model"].clone()
+    cls = type("X0Sampling", (cms.ModelSamplingDiscrete, cms.X0), {})
+    m.add_object_patch("model_sampling", cls(m.model.model_config))
     return m
 
 
@@ -126,9 +166,23 @@ NODE_CASES = {
     "seamless_mask_size": lambda s: _seamless(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 3), torch.ones(8, 8)),
     "seamless_batch": lambda s: _seamless(torch.rand(2, 16, 16, 3), torch.rand(3, 16, 16, 3)),
     "seamless_method": lambda s: _seamless(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 3), method="laplace"),
+    "freesize_batch": lambda s: _freesize(s, image=torch.rand(2, 64, 128, 3)),
+    "freesize_nan": lambda s: _freesize(s, image=_nan((1, 64, 128, 3))),
+    "freesize_mask_size": lambda s: _freesize(s, mask=torch.ones(1, 64, 120)),
+    "freesize_empty": lambda s: _freesize(s, mask=torch.zeros(1, 64, 128)),
+    "freesize_window": lambda s: _freesize(s, window=100),
+    "freesize_overlap": lambda s: _freesize(s, overlap=1.0),
+    "freesize_canvas": lambda s: _freesize(s, image=torch.rand(1, 60, 128, 3)),
     "interp_empty": lambda s: _node("ZoomInterpolate", torch.rand(0, 16, 16, 3)),
     "interp_nan": lambda s: _node("ZoomInterpolate", _nan((2, 16, 16, 3))),
     "interp_zoom": lambda s: _node("ZoomInterpolate", torch.rand(2, 16, 16, 3), zoom_factor=1.0),
+    "inpaint_no_mask": lambda s: _inpaint(s, latent={"samples": s["x0"]}),
+    "inpaint_full_mask": lambda s: _inpaint(s, latent={"samples": s["x0"], "noise_mask": torch.ones(1, 16, 16)}),
+    "inpaint_empty_mask": lambda s: _inpaint(s, latent={"samples": s["x0"], "noise_mask": torch.zeros(1, 16, 16)}),
+    "inpaint_nan": lambda s: _inpaint(s, latent={"samples": _nan((1, 4, 16, 16)), "noise_mask": s["mask"][:, None]}),
+    "inpaint_sigmas": lambda s: _inpaint(s),
+    "inpaint_model": lambda s: _inpaint(s, model=_x0_sampling_model(s)),
+    "inpaint_sampler": lambda s: _inpaint(s, sampler=_sampler_object("dpm_adaptive")),
 }
 
 

@@ -8,4 +8,6 @@ Only ``nodes/`` imports this package (ComfyUI is then already initialised); ever
 - ``stage2``: AlignNoise stage 2 (FrequencyNoiseRefine) NOISE.
 - ``zoom``: the infinite-zoom keyframe loop.
 - ``nmg``: Noise Map Guidance inversion and GUIDER.
+- ``freesize``: FreeSizeOutpaint, one sampling pass per native-size window.
+- ``inpaint_samplers``: the training-free inpainting samplers (RePaint, DDNM, DiffPIR, ΠGDM, MCG) as SAMPLERs.
 """
