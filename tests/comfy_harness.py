@@ -191,16 +191,20 @@ _UNET_BASE = {
 
 
 def _init_params(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI's ops skip weight init (weights are torch.empty); fill them reproducibly."""
+    """ComfyUI's ops skip weight init (weights are torch.empty); fill them reproducibly: normalisation
+    layers get unit scale and zero shift (found by module type: SD's ResBlock norms are named
+    ``in_layers.0``/``out_layers.0``/``out.0``, and a zero scale there would make the UNet output
+    identically 0), biases zero, other weights N(0, 1/fan_in)."""
     g = torch.Generator().manual_seed(seed)
+    norm_scales = {id(m.weight) for m in module.modules()
+                   if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and m.weight is not None}
     for name, p in module.named_parameters():
         if p.ndim == 0:
             continue  # scalars (TAESD's vae_scale/vae_shift) keep their constructor values
-        if name.endswith("bias") or p.ndim == 1:
-            if "norm" in name and name.endswith("weight"):
-                p.data.copy_(torch.ones_like(p))
-            else:
-                p.data.copy_(torch.zeros_like(p))
+        if id(p) in norm_scales or ("norm" in name and name.endswith("weight") and p.ndim == 1):
+            p.data.copy_(torch.ones_like(p))
+        elif name.endswith("bias") or p.ndim == 1:
+            p.data.copy_(torch.zeros_like(p))
         else:
             fan_in = p[0].numel()
             p.data.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)

@@ -64,11 +64,13 @@ def test_inversion_maps_and_latent(comfy_env, setup):
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_guider_through_sampler_custom_advanced_equals_core_loop(comfy_env, setup, sampler):
-    """The x0 the GUIDER returns makes ComfyUI's Euler step land exactly on the host-free NMG transition."""
+    """The x0 the GUIDER returns makes ComfyUI's Euler step land exactly on the host-free NMG transition.
+    (Energy l2 and a moderate grad_scale: on a random UNet the paper's l1 (a sign() gradient) and
+    s_g = 5000 turn float rounding between two equal computations into visible differences.)"""
     s = setup
     from alignnoise_core.comfy_host import common
     with torch.inference_mode():
-        out = _sca(_guider(s), sampler, s["sigmas"], s["inverted"])
+        out = _sca(_guider(s, loss="l2", grad_scale=100.0), sampler, s["sigmas"], s["inverted"])
 
         ref = {}
         m = s["model"].clone()
@@ -78,7 +80,8 @@ def test_guider_through_sampler_custom_advanced_equals_core_loop(comfy_env, setu
 
             def eps_u(x, sigma):
                 ts = torch.full((1,), sigma)
-                return (x - ctx.calc_cond_batch(["negative"], x, ts)[0]) / sigma
+                mo = common.use_differentiable_attention(ctx.model_options)  # the guider's attention backend
+                return (x - ctx.calc_cond_batch(["negative"], x, ts, mo)[0]) / sigma
 
             def eps_t(x, sigma):
                 ts = torch.full((1,), sigma)
@@ -87,15 +90,18 @@ def test_guider_through_sampler_custom_advanced_equals_core_loop(comfy_env, setu
                 return (x - den) / sigma
 
             with common.gradient_session(ctx.base_model):  # eps_u is differentiated w.r.t. the latent
-                ref["x"] = nmg_maps.nmg_sample(s["maps"], eps_u, eps_t, grad_scale=5000.0, noise_map_scale=10.0)
+                ref["x"] = nmg_maps.nmg_sample(s["maps"], eps_u, eps_t, grad_scale=100.0, noise_map_scale=10.0,
+                                               loss="l2")
             return ref["x"]
 
         expected = common.run_sampler(m, s["src"], s["null"], 3.0, s["inverted"]["samples"], s["sigmas"], fn)
         common.release_model(m)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    # A random UNet drives the latents to ~1e4: compare relative to their scale (float32 rounding is ~1e-7).
+    scale = float(expected.abs().max())
+    assert scale > 0 and float((out - expected).abs().max()) <= 1e-5 * scale
     # Guidance changed the result (vs. plain double steps), so the match is not vacuous.
     with torch.inference_mode():
-        off = _sca(_guider(s, grad_scale=0.0), sampler, s["sigmas"], s["inverted"])
+        off = _sca(_guider(s, grad_scale=0.0, loss="l2"), sampler, s["sigmas"], s["inverted"])
     assert (off - out).abs().mean() > 1e-2
 
 
