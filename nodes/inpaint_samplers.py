@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core.comfy_host import inpaint_samplers as glue
-from ..alignnoise_core.inpaint import DEFAULTS
+from alignnoise_core.comfy_host import inpaint_samplers as glue
+from alignnoise_core.inpaint import DEFAULTS
 
 _CATEGORY = "alignnoise/inpaint"
 _USE = (" Connect it to SamplerCustomAdvanced with a LATENT that has a noise_mask (SetLatentNoiseMask, "
