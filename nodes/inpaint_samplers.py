@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..alignnoise_core.comfy_host import inpaint_samplers as glue
-from ..alignnoise_core.inpaint import DEFAULTS
+from alignnoise_core.comfy_host import inpaint_samplers as glue
+from alignnoise_core.inpaint import DEFAULTS
 
 _CATEGORY = "alignnoise/inpaint"
 _USE = (" Connect it to SamplerCustomAdvanced with a LATENT that has a noise_mask (SetLatentNoiseMask, "
         "VAEEncodeForInpaint, or InpaintModelConditioning with noise_mask on). Works with any model (eps, "
         "v-prediction, flow), 4- or 9-channel, any scheduler; the known region is kept exactly and ComfyUI's "
         "built-in fixed-noise inpainting is replaced, not added. Fresh noise follows the NOISE's seed.")
+
+
+def _schema(node_id: str, display_name: str, description: str, inputs: list) -> io.Schema:
+    return io.Schema(node_id=node_id, display_name=display_name, category=_CATEGORY, description=description + _USE,
+                     is_experimental=True, inputs=inputs,
+                     outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")])
 
 
 def _eta(method: str, tooltip: str) -> io.Float.Input:
@@ -25,16 +31,13 @@ class RePaintSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS["repaint"]
-        return io.Schema(
-            node_id="RePaintSampler",
-            display_name="RePaint Sampler (inpaint, resampling)",
-            category=_CATEGORY,
-            description="RePaint (Lugmayr et al. 2022): before every step the known region is re-noised with fresh "
-                        "noise; every jump_length steps the sample is noised back up and denoised again "
-                        "(jump_n_sample visits) so the generated region can agree with the known one. 'adaptive' "
-                        "resamples only while a training-free consistency score improves (StrDiffusion-style)." + _USE,
-            is_experimental=True,
-            inputs=[
+        return _schema(
+            "RePaintSampler", "RePaint Sampler (inpaint, resampling)",
+            "RePaint (Lugmayr et al. 2022): before every step the known region is re-noised with fresh "
+            "noise; every jump_length steps the sample is noised back up and denoised again "
+            "(jump_n_sample visits) so the generated region can agree with the known one. 'adaptive' "
+            "resamples only while a training-free consistency score improves (StrDiffusion-style).",
+            [
                 io.Int.Input("jump_length", default=d["jump_length"], min=1, max=250,
                              tooltip="RePaint's j: how many steps each resampling jumps back up (paper 10 at 250 "
                                      "steps). SIGMAS needs more steps than this."),
@@ -59,7 +62,6 @@ class RePaintSampler(io.ComfyNode):
                                          "heun, dpmpp_2s_ancestral, ...) work as themselves; multistep ones "
                                          "(dpmpp_2m, deis, ...) restart every step and act first-order."),
             ],
-            outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -76,16 +78,13 @@ class DDNMSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS["ddnm"]
-        return io.Schema(
-            node_id="DDNMSampler",
-            display_name="DDNM Sampler (inpaint, null-space)",
-            category=_CATEGORY,
-            description="DDNM (Wang et al. 2023): every step replaces the known region of the x0 prediction by the "
-                        "latent (the range-space/null-space split for a mask) and re-noises with a fraction eta of "
-                        "fresh noise; optional time travel re-noises from the last x0 prediction and repeats. One "
-                        "model evaluation per step." + _USE,
-            is_experimental=True,
-            inputs=[
+        return _schema(
+            "DDNMSampler", "DDNM Sampler (inpaint, null-space)",
+            "DDNM (Wang et al. 2023): every step replaces the known region of the x0 prediction by the "
+            "latent (the range-space/null-space split for a mask) and re-noises with a fraction eta of "
+            "fresh noise; optional time travel re-noises from the last x0 prediction and repeats. One "
+            "model evaluation per step.",
+            [
                 _eta("ddnm", "DDNM's eta: fraction of the noise at the next level that is fresh (the rest is the "
                              "model's own noise estimate). Paper 0.85."),
                 io.Int.Input("travel_length", default=d["travel_length"], min=1, max=250,
@@ -97,7 +96,6 @@ class DDNMSampler(io.ComfyNode):
                                tooltip="DDNM+: assumed noise of the known latent (latent units). 0 = exact DDNM "
                                        "(the known region of x0 is replaced); > 0 blends it in softly at low noise."),
             ],
-            outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -113,16 +111,13 @@ class DiffPIRSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS["diffpir"]
-        return io.Schema(
-            node_id="DiffPIRSampler",
-            display_name="DiffPIR Sampler (inpaint, proximal)",
-            category=_CATEGORY,
-            description="DiffPIR (Zhu et al. 2023): every step pulls the x0 prediction towards the latent on the known "
-                        "region with a closed-form proximal step (weight from lambda and sigma_n against the noise "
-                        "level), then re-noises (zeta = fraction of fresh noise). The data step is skipped on the last "
-                        "step. One model evaluation per step." + _USE,
-            is_experimental=True,
-            inputs=[
+        return _schema(
+            "DiffPIRSampler", "DiffPIR Sampler (inpaint, proximal)",
+            "DiffPIR (Zhu et al. 2023): every step pulls the x0 prediction towards the latent on the known "
+            "region with a closed-form proximal step (weight from lambda and sigma_n against the noise "
+            "level), then re-noises (zeta = fraction of fresh noise). The data step is skipped on the last "
+            "step. One model evaluation per step.",
+            [
                 io.Float.Input("lam", default=d["lam"], min=0.001, max=1000.0, step=0.01,
                                tooltip="DiffPIR's lambda: strength of the prior against the data term (paper 1)."),
                 io.Float.Input("sigma_n", default=d["sigma_n"], min=0.0, max=10.0, step=0.001,
@@ -132,7 +127,6 @@ class DiffPIRSampler(io.ComfyNode):
                                tooltip="Fraction of fresh noise when re-noising: 1 = fully fresh (paper), 0 = "
                                        "deterministic (DDIM-like)."),
             ],
-            outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -147,22 +141,17 @@ class PiGDMSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS["pigdm"]
-        return io.Schema(
-            node_id="PiGDMSampler",
-            display_name="ΠGDM Sampler (inpaint, pseudoinverse guidance)",
-            category=_CATEGORY,
-            description="ΠGDM (Song et al. 2023): every step adds the gradient of the known-region mismatch of the x0 "
-                        "prediction, back-propagated through the model (one forward + one backward per step, about "
-                        "2-3x a plain step; weights stay frozen and nothing is patched on the model)."
-                        + _USE,
-            is_experimental=True,
-            inputs=[
+        return _schema(
+            "PiGDMSampler", "ΠGDM Sampler (inpaint, pseudoinverse guidance)",
+            "ΠGDM (Song et al. 2023): every step adds the gradient of the known-region mismatch of the x0 "
+            "prediction, back-propagated through the model (one forward + one backward per step, about "
+            "2-3x a plain step; weights stay frozen and nothing is patched on the model).",
+            [
                 io.Float.Input("weight", default=d["weight"], min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the pseudoinverse guidance term (RED-diff's grad_term_weight, "
                                        "re-tuned for latents)."),
                 _eta("pigdm", "DDIM eta of the step (0 = deterministic, as RED-diff's default)."),
             ],
-            outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -177,21 +166,17 @@ class MCGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = DEFAULTS["mcg"]
-        return io.Schema(
-            node_id="MCGSampler",
-            display_name="MCG Sampler (inpaint, manifold-constrained gradient)",
-            category=_CATEGORY,
-            description="MCG (Chung et al. 2022): every step takes a DDPM/DDIM step, subtracts the gradient of the "
-                        "known-region error of the x0 prediction (back-propagated through the model: one forward + one "
-                        "backward per step) and projects the known region onto the noised latent." + _USE,
-            is_experimental=True,
-            inputs=[
+        return _schema(
+            "MCGSampler", "MCG Sampler (inpaint, manifold-constrained gradient)",
+            "MCG (Chung et al. 2022): every step takes a DDPM/DDIM step, subtracts the gradient of the "
+            "known-region error of the x0 prediction (back-propagated through the model: one forward + one "
+            "backward per step) and projects the known region onto the noised latent.",
+            [
                 io.Float.Input("step", default=d["step"], min=0.0, max=100.0, step=0.01,
                                tooltip="Gradient step size (re-tuned for latents: the official step overshoots; 0 = "
                                        "plain replacement)."),
                 _eta("mcg", "DDIM eta of the step (1 = DDPM ancestral)."),
             ],
-            outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod

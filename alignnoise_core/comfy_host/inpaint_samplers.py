@@ -37,6 +37,8 @@ import torch
 
 import comfy.model_sampling
 import comfy.samplers
+from comfy_execution.utils import get_executing_context
+from server import PromptServer
 
 from .. import inpaint
 from .common import check_interrupt, gradient_session, use_differentiable_attention
@@ -318,11 +320,6 @@ class _ServeFirst:
 def report_text(text: str) -> None:
     """Show ``text`` on the node that is running the sampler (SamplerCustomAdvanced) in the UI, where
     this ComfyUI has progress texts; otherwise nothing (the log has it too)."""
-    try:
-        from comfy_execution.utils import get_executing_context
-        from server import PromptServer
-    except ImportError:
-        return
     context = get_executing_context()
     server = getattr(PromptServer, "instance", None)
     send = getattr(server, "send_progress_text", None)
