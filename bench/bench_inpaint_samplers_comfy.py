@@ -164,13 +164,7 @@ def main():
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
-    if ch.comfyui_path() is None:
-        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
-    ch.init()
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    torch.set_num_threads(args.threads)
+    ch.init_for_bench(args.threads)
     print(f"# Inpainting samplers through ComfyUI (CPU, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     with torch.inference_mode():
         if not args.skip_quality:

@@ -60,14 +60,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if ch.comfyui_path() is None:
-        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
-    ch.init()
+    ch.init_for_bench(args.threads)
     import comfy.samplers
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    torch.set_num_threads(args.threads)
     nodes = ch._state["nodes"].NODE_CLASS_MAPPINGS
     from alignnoise_core.comfy_host import nmg_edit as host
     model, n_params = build(args.width)

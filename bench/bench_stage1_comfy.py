@@ -85,13 +85,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if ch.comfyui_path() is None:
-        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
-    ch.init()
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    torch.set_num_threads(args.threads)
+    ch.init_for_bench(args.threads)
     from alignnoise_core.comfy_host import common
 
     model, n_params = build_model(args.width)

@@ -402,3 +402,18 @@ def synthetic_image(batch: int, height: int, width: int, seed: int = 0) -> torch
     img = torch.stack([0.5 + 0.4 * torch.sin(6 * xs + 3 * ys + phase[:, c]) for c in range(3)], dim=-1)
     disc = (((xs - 0.5) ** 2 + (ys - 0.5) ** 2) < 0.04).float().unsqueeze(-1)
     return (img * (1 - disc) + disc * torch.tensor([0.9, 0.2, 0.1])).clamp(0, 1).float()
+
+
+def init_for_bench(threads: int) -> dict:
+    """What every ComfyUI benchmark does first: require COMFYUI_PATH, initialise ComfyUI, no
+    progress bars, ``threads`` torch threads."""
+    import sys
+
+    if comfyui_path() is None:
+        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
+    state = init()
+    import comfy.utils
+
+    comfy.utils.set_progress_bar_enabled(False)
+    torch.set_num_threads(threads)
+    return state
