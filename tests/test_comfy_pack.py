@@ -67,7 +67,7 @@ def test_schema_is_complete(comfy_env, node_id):
 def test_research_nodes_are_experimental(comfy_env):
     for node_id in ("AttentionBalanceNoiseOptimize", "FrequencyNoiseRefine", "NMGInvert", "NMGGuidance", "NMGEdit",
                     "RePaintSampler", "DDNMSampler", "DiffPIRSampler", "PiGDMSampler", "MCGSampler",
-                    "FreeSizeOutpaint", "SeamlessComposite"):
+                    "FreeSizeOutpaint"):
         assert comfy_env.node_class(node_id).GET_SCHEMA().is_experimental, node_id
 
 
