@@ -385,3 +385,25 @@ def inpaint_conditioning(positive, negative, vae, pixels: torch.Tensor, mask: to
     out = [node_helpers.conditioning_set_values(c, {"concat_latent_image": concat_latent, "concat_mask": m})
            for c in (positive, negative)]
     return out[0], out[1], latent
+
+
+def outpaint_inputs(positive, negative, vae, pixels: torch.Tensor, mask: torch.Tensor, is_inpaint: bool):
+    """Conditioning and LATENT of one outpaint pass on ``pixels [1,H,W,C]`` (``mask``: H x W, 1 = generate):
+    9-channel inpainting models get :func:`inpaint_conditioning`, 4-channel models the latent ``noise_mask``."""
+    m = mask.reshape(1, 1, mask.shape[-2], mask.shape[-1])
+    if is_inpaint:
+        return inpaint_conditioning(positive, negative, vae, pixels, m)
+    return positive, negative, {"samples": vae.encode(pixels[..., :3]), "noise_mask": m}
+
+
+def decode_pixels(vae, samples: torch.Tensor, height: int, width: int, channels: int, what: str) -> torch.Tensor:
+    """The decoded ``[H, W, channels]`` picture (CPU float32, 0..1) of one outpaint pass; an RGBA request
+    gets an opaque alpha. ``what`` names the region in the size error (``"canvas"``, ``"window"``)."""
+    decoded = vae.decode(samples)
+    decoded = decoded.reshape(-1, *decoded.shape[-3:])[0].to("cpu", torch.float32).clamp(0.0, 1.0)
+    if tuple(decoded.shape[:2]) != (height, width):
+        raise ValueError(f"The VAE decoded a {decoded.shape[1]}x{decoded.shape[0]} image for a {width}x{height} "
+                         f"{what}; use the VAE that matches the model.")
+    if channels > decoded.shape[-1]:  # RGBA: the generated area is opaque
+        decoded = torch.cat([decoded, torch.ones_like(decoded[..., :channels - decoded.shape[-1]])], dim=-1)
+    return decoded[..., :channels]

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .. import freesize as fs
 from ..validation import mask_bhw, require_image
-from .common import Progress, check_interrupt, inpaint_conditioning, intermediate_device, is_inpaint_model, random_noise
+from .common import (Progress, check_interrupt, decode_pixels, intermediate_device, is_inpaint_model, outpaint_inputs,
+                     random_noise)
 
 log = logging.getLogger("alignnoise")
 
@@ -147,13 +148,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
 
     def sample_crop(pixels, regenerate, seed, guide=None, factor=1):
         check_interrupt()
-        px = pixels[None]
-        m = regenerate.reshape(1, 1, *regenerate.shape)
-        if is_inpaint:
-            pos, neg, latent = inpaint_conditioning(positive, negative, vae, px, m)
-        else:
-            pos, neg = positive, negative
-            latent = {"samples": vae.encode(px[..., :3]), "noise_mask": m}
+        pos, neg, latent = outpaint_inputs(positive, negative, vae, pixels[None], regenerate, is_inpaint)
         if guide is not None:
             constraint.update(guide=work.model.process_latent_in(vae.encode(guide[None, ..., :3])),
                               regenerate=regenerate, factor=factor)
@@ -161,14 +156,7 @@ def free_size_outpaint(model, positive, negative, vae, image: torch.Tensor, mask
         samples = comfy.sample.sample_custom(work, noise, cfg, sampler, sigmas, pos, neg, latent["samples"],
                                              noise_mask=latent["noise_mask"], callback=on_step, disable_pbar=True,
                                              seed=seed)
-        decoded = vae.decode(samples)
-        decoded = decoded.reshape(-1, *decoded.shape[-3:])[0].to("cpu", torch.float32).clamp(0.0, 1.0)
-        if tuple(decoded.shape[:2]) != tuple(pixels.shape[:2]):
-            raise ValueError(f"The VAE decoded {decoded.shape[1]}x{decoded.shape[0]} px for a "
-                             f"{pixels.shape[1]}x{pixels.shape[0]} window; use the VAE of the model.")
-        if channels > decoded.shape[-1]:  # RGBA canvas: generated pixels are opaque
-            decoded = torch.cat([decoded, torch.ones_like(decoded[..., :channels - decoded.shape[-1]])], dim=-1)
-        return decoded[..., :channels]
+        return decode_pixels(vae, samples, pixels.shape[0], pixels.shape[1], channels, "window")
 
     guide = None
     factor = fs.pool_factor(height, width, window)

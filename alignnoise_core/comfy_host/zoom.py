@@ -12,8 +12,8 @@ import torch
 from .. import options, validation
 from .. import zoom as zoom_core
 from ..recipes import alignnoise_passes, zoom_keyframe_loop
-from .common import (Progress, TensorNoise, calculate_sigmas, check_interrupt, inpaint_conditioning,
-                     intermediate_device, is_inpaint_model, model_info, random_noise)
+from .common import (Progress, TensorNoise, calculate_sigmas, check_interrupt, decode_pixels, intermediate_device,
+                     is_inpaint_model, model_info, outpaint_inputs, random_noise)
 from .stage1 import attention_balance
 from .stage2 import frequency_refine
 
@@ -91,25 +91,13 @@ def zoom_outpaint_keyframes(model, positive, negative, vae, image: torch.Tensor,
 
     def outpaint(canvas, mask, k):
         check_interrupt()
-        pixels = canvas[None]
-        if is_inpaint:
-            pos, neg, latent = inpaint_conditioning(positive, negative, vae, pixels, mask)
-        else:
-            pos, neg = positive, negative
-            latent = {"samples": vae.encode(pixels[..., :3]), "noise_mask": mask[None, None]}
+        pos, neg, latent = outpaint_inputs(positive, negative, vae, canvas[None], mask, is_inpaint)
         step_seed = int(seed) + k
         host = _ComfyOutpaintPasses(model, pos, neg, latent, mask, sigmas, sampler, cfg, step_seed,
                                     balance_iterations, lambda *a: progress.update(1))
         samples, _, _ = alignnoise_passes(host, random_noise(latent, step_seed), [steps] * passes,
                                           attention_balance=use_stage1)
-        decoded = vae.decode(samples)
-        decoded = decoded.reshape(-1, *decoded.shape[-3:])[0].to("cpu", torch.float32).clamp(0.0, 1.0)
-        if tuple(decoded.shape[:2]) != (height, width):
-            raise ValueError(f"The VAE decoded a {decoded.shape[1]}x{decoded.shape[0]} image for a {width}x{height} "
-                             f"canvas; use the VAE that matches the model.")
-        if channels > decoded.shape[-1]:  # RGBA start image: the outpainted area is opaque
-            decoded = torch.cat([decoded, torch.ones_like(decoded[..., :channels - decoded.shape[-1]])], dim=-1)
-        return decoded[..., :channels]
+        return decode_pixels(vae, samples, height, width, channels, "canvas")
 
     start = image[0].detach().to("cpu", torch.float32).clone()
     keyframes = zoom_keyframe_loop(start, zoom_steps, zoom, outpaint, overlap=overlap, mask_blur=mask_blur, fill=fill,
