@@ -47,12 +47,6 @@ DEFAULT_MAX_ITER = 100
 _RECT_CACHE: "collections.OrderedDict[tuple, poisson_rect.RectComplementPoisson]" = collections.OrderedDict()
 
 
-def _require_finite(x: torch.Tensor, what: str) -> None:
-    # One summing pass first (NaN/Inf propagate into the sum); the full check only when it is not finite.
-    if x.is_floating_point() and not bool(torch.isfinite(x.sum())):
-        validation.require_finite(x, what)
-
-
 def _check_inputs(destination, source, mask, method, band):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -78,7 +72,7 @@ def _check_inputs(destination, source, mask, method, band):
         raise ValueError(f"'source' has {source.shape[-1]} channel(s) but 'destination' has {colours} colour "
                          f"channel(s).")
     for name, x in (("destination", destination), ("source", source)):
-        _require_finite(x, f"'{name}'")
+        validation.require_finite(x, f"'{name}'")
     return m, B, colours
 
 

@@ -24,6 +24,10 @@ def require_finite(x: Optional[torch.Tensor], what: str) -> None:
         for part in x.unbind():
             require_finite(part, what)
         return
+    # One summing pass first (NaN/Inf propagate into the sum; no bool copy of a large image); the
+    # element-wise check only when the sum is not finite (a value, or an overflow of the sum itself).
+    if bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {bad} NaN or Inf value(s). An upstream node produced invalid numbers "
